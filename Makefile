@@ -1,0 +1,35 @@
+# Two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3.11
+VENV ?= .venv
+WORKDIR ?= runs/demo
+PY := $(VENV)/bin/python
+
+.PHONY: demo test venv dev-deps parity-deps clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.parity-installed: $(VENV)/.dev-installed requirements-parity.txt
+	$(PY) -m pip install -q -r requirements-parity.txt
+	touch $@
+
+venv: $(VENV)/.installed
+dev-deps: $(VENV)/.dev-installed
+# Optional: torch/torchvision/ncnn reference implementations for the parity tests.
+parity-deps: $(VENV)/.parity-installed
+
+demo: venv
+	$(PY) launch.py --config=configs/demo.py --workdir=$(WORKDIR)
+
+test: dev-deps
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,82 @@
+"""Full-image evaluation: PSNR-Y / SSIM-Y (border = scale) of a model and of bicubic, per folder."""
+
+import dataclasses
+import json
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sr_jax import data
+from sr_jax import metrics
+from sr_jax.data.imresize import imresize
+
+# lr [h, w, 3] float32 in [0, 1] -> sr [h*s, w*s, 3].
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass
+class EvalSet:
+  name: str
+  images: list  # of data.EvalImage
+  bicubic: list  # bicubic upscales of the LR images, computed once
+
+
+def dataset_name(spec: str) -> str:
+  """'embedded:val' -> 'embedded_val'; '/data/Set5/' -> 'Set5'."""
+  if spec.startswith("embedded:"):
+    return spec.replace(":", "_")
+  return os.path.basename(os.path.normpath(spec))
+
+
+def load_eval_sets(dir_specs: Sequence[str], scale: int) -> list[EvalSet]:
+  """Loads each folder's HR images once, with their LR and bicubic versions."""
+  sets = []
+  for spec, path in zip(dir_specs, data.resolve_dirs(tuple(dir_specs))):
+    images = data.load_eval_folder(path, scale)
+    if not images:
+      raise FileNotFoundError(f"eval folder {path!r} (from eval.dirs entry {spec!r}) has no readable images")
+    bicubic = [np.clip(imresize(im.lr, scale), 0.0, 1.0) for im in images]
+    sets.append(EvalSet(dataset_name(spec), images, bicubic))
+  return sets
+
+
+def evaluate(predict: PredictFn, eval_sets: Sequence[EvalSet], scale: int) -> dict:
+  """Mean PSNR-Y / SSIM-Y of `predict` and of bicubic on every set; also returns the SR images."""
+  results = {}
+  for eval_set in eval_sets:
+    rows = []
+    for image, bicubic in zip(eval_set.images, eval_set.bicubic):
+      sr = np.clip(np.asarray(predict(image.lr), np.float32), 0.0, 1.0)
+      rows.append((metrics.psnr_y(sr, image.hr, scale), metrics.ssim_y(sr, image.hr, scale),
+                   metrics.psnr_y(bicubic, image.hr, scale), metrics.ssim_y(bicubic, image.hr, scale)))
+    mean = np.mean(np.asarray(rows, np.float64), axis=0)
+    results[eval_set.name] = {"psnr_y": float(mean[0]), "ssim_y": float(mean[1]),
+                              "bicubic_psnr_y": float(mean[2]), "bicubic_ssim_y": float(mean[3]),
+                              "num_images": len(rows)}
+  return results
+
+
+def results_document(step: int, scale: int, dataset_results: dict) -> dict:
+  return {"step": int(step), "scale": int(scale), "datasets": dataset_results}
+
+
+def markdown_table(document: dict, model_name: str = "model") -> str:
+  """One row per dataset for the model and one for bicubic."""
+  lines = [f"| dataset | method | PSNR-Y (dB) | SSIM-Y | images |", "|---|---|---|---|---|"]
+  for name, r in document["datasets"].items():
+    lines.append(f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} | {r['num_images']} |")
+    lines.append(f"| {name} | {model_name} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['num_images']} |")
+  return "\n".join(lines)
+
+
+def write_results(workdir: str, document: dict, model_name: str = "model") -> str:
+  """Writes eval_results.json and eval_results.md atomically; returns the Markdown table."""
+  table = markdown_table(document, model_name)
+  header = f"Evaluation at step {document['step']}, x{document['scale']}, border {document['scale']} px cropped, Y channel (BT.601).\n\n"
+  for filename, text in (("eval_results.json", json.dumps(document, indent=2)), ("eval_results.md", header + table + "\n")):
+    tmp = os.path.join(workdir, filename + ".tmp")
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, os.path.join(workdir, filename))
+  return table

@@ -1,0 +1,226 @@
+"""The training loop: data -> jitted data-parallel step -> logs, evaluation, orbax checkpoints.
+
+The train state is a plain dict pytree (step, params, model_state, opt_state, rng[, ema_params]),
+replicated over a ("data",) mesh of every device of every host; batches are split over it.
+"""
+
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from sr_jax import checkpointing
+from sr_jax import data
+from sr_jax import evaluate
+from sr_jax import figures
+from sr_jax import models
+from sr_jax import optim
+from sr_jax import sharding
+from sr_jax import train_logging
+
+TrainState = dict[str, Any]
+
+
+def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+                       ) -> tuple[nnx.GraphDef, TrainState]:
+  """Builds the model (with any pretrained weights) and its train state."""
+  model = models.create_model(config.model, config.data.scale, nnx.Rngs(config.seed))
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  if not jax.tree.leaves(params):
+    raise ValueError(f"model.name={config.model.name!r} has no trainable parameters; use --mode=eval")
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
+           "opt_state": tx.init(params), "rng": jax.random.PRNGKey(config.seed)}
+  if config.train.ema_decay:
+    state["ema_params"] = jax.tree.map(jnp.copy, params)
+  return graphdef, state
+
+
+def l1_loss(sr: jnp.ndarray, hr: jnp.ndarray) -> jnp.ndarray:
+  return jnp.mean(jnp.abs(sr - hr))
+
+
+def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
+  """EMA decay ramped up over the first steps, so short runs are not dominated by the init."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    ema_decay: float) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """One optimisation step on a global batch; the gradient of the batch-mean loss is global."""
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state["model_state"])
+      loss = l1_loss(model(batch["lr"]), batch["hr"])
+      return loss, nnx.state(model, nnx.Not(nnx.Param))
+
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = dict(state, step=state["step"] + 1, params=params, model_state=model_state, opt_state=opt_state)
+    if "ema_params" in state:
+      decay = ema_decay_at(state["step"].astype(jnp.float32), ema_decay)
+      new_state["ema_params"] = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                                             state["ema_params"], params)
+    step_metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
+                    "learning_rate": schedule(state["step"])}
+    return new_state, step_metrics
+
+  return train_step
+
+
+def make_predict_fn(graphdef: nnx.GraphDef, state: TrainState) -> evaluate.PredictFn:
+  """Full-image SR with the EMA weights when there are any (one compile per image size)."""
+  params = state.get("ema_params", state["params"])
+  model_state = state["model_state"]
+
+  @jax.jit
+  def predict(params, model_state, lr):
+    return nnx.merge(graphdef, params, model_state)(lr)
+
+  return lambda lr: np.asarray(predict(params, model_state, jnp.asarray(lr)[None]))[0]
+
+
+def _abstract(state: TrainState) -> TrainState:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _check_finite(history: list[dict], start_step: int) -> None:
+  for offset, row in enumerate(history):
+    if not np.isfinite(row["loss"]):
+      raise FloatingPointError(
+          f"non-finite loss {row['loss']} at step {start_step + offset + 1}; training stopped, the last "
+          "checkpoint (saved only from finite steps) is intact. Lower optim.learning_rate or "
+          "optim.grad_clip_norm, or check the data.")
+
+
+def _evaluate_and_report(graphdef, state, eval_sets, config, workdir, step, writer, is_main) -> float:
+  """Runs evaluation, writes eval_results.{json,md} and a comparison PNG; returns mean PSNR-Y."""
+  predict = make_predict_fn(graphdef, state)
+  dataset_results = evaluate.evaluate(predict, eval_sets, config.data.scale)
+  document = evaluate.results_document(step, config.data.scale, dataset_results)
+  if is_main:
+    table = evaluate.write_results(workdir, document, config.model.name)
+    logging.info("step %d evaluation:\n%s", step, table)
+    first = eval_sets[0]
+    sr = np.clip(predict(first.images[0].lr), 0.0, 1.0)
+    figures.comparison_figure(first.bicubic[0], sr, first.images[0].hr, config.data.scale,
+                              config.model.name).save(os.path.join(workdir, "comparison.png"))
+    scalars = {f"eval/{name}/{key}": value for name, r in dataset_results.items()
+               for key, value in r.items() if key != "num_images"}
+    writer.write(step, scalars)
+  return float(np.mean([r["psnr_y"] for r in dataset_results.values()]))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config.train.steps` steps, resuming from the latest checkpoint in `workdir`."""
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  mesh = sharding.create_mesh()
+  total_steps = config.train.steps
+  schedule = optim.create_schedule(config.optim, total_steps)
+  tx = optim.create_optimizer(config.optim, schedule)
+  graphdef, state = create_train_state(config, tx)
+  state = sharding.replicate(state, mesh)
+  train_iter = data.create_train_iterator(
+      config.data, seed=config.seed, local_batch_size=sharding.local_batch_size(config.train.batch_size),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale) if config.eval.dirs else []
+
+  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
+  start_step = 0
+  if manager.latest_step() is not None:
+    start_step = manager.latest_step()
+    state = checkpointing.restore(manager, start_step, _abstract(state), train_iter)
+    logging.info("resumed from step %d in %s", start_step, workdir)
+  writer = train_logging.MetricWriter(workdir, enabled=is_main, truncate_after_step=start_step)
+
+  replicated = sharding.replicated(mesh)
+  train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.train.ema_decay),
+                       donate_argnums=(0,), out_shardings=(replicated, replicated))
+  try:
+    state = _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, eval_sets,
+                        manager, writer, start_step, is_main)
+  finally:  # Also on errors: let an async save finish, so the last good checkpoint is complete.
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  results_table = os.path.join(workdir, "eval_results.md")
+  if is_main and eval_sets and os.path.exists(results_table):
+    with open(results_table) as f:
+      print(f.read())
+  return state
+
+
+def _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, eval_sets, manager, writer,
+                start_step, is_main) -> TrainState:
+  """Steps from `start_step` to `config.train.steps`: logs, evaluates, checkpoints."""
+  total_steps = config.train.steps
+  pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
+  progress = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_main, desc="train",
+                       unit="step", dynamic_ncols=True)
+  for step in range(start_step + 1, total_steps + 1):
+    batch = sharding.global_batch(next(train_iter), mesh)
+    state, step_metrics = train_step(state, batch)
+    pending.append(step_metrics)
+    progress.update(1)
+
+    is_last = step == total_steps
+    should_log = step % config.train.log_every_steps == 0 or is_last
+    should_eval = bool(eval_sets) and (step % config.train.eval_every_steps == 0 or is_last)
+    should_save = step % config.train.checkpoint_every_steps == 0 or is_last or should_eval
+    if should_log or should_save:
+      history = jax.device_get(pending)
+      _check_finite(history, step - len(history))
+      pending = []
+      if should_log:
+        now = time.perf_counter()
+        steps_per_sec = (step - last_log_step) / (now - last_log_time)
+        last_log_time, last_log_step = now, step
+        row = {k: float(v) for k, v in history[-1].items()}
+        row.update(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * config.train.batch_size)
+        writer.write(step, row)
+        progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['learning_rate']:.2e}")
+    eval_metrics = None
+    if should_eval:
+      eval_metrics = {checkpointing.BEST_METRIC: _evaluate_and_report(
+          graphdef, state, eval_sets, config, workdir, step, writer, is_main)}
+    if should_save:
+      checkpointing.save(manager, step, state, train_iter, eval_metrics)
+  progress.close()
+  return state
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: evaluates a checkpoint (config.eval.checkpoint: latest|best|STEP) on eval.dirs."""
+  is_main = jax.process_index() == 0
+  mesh = sharding.create_mesh()
+  schedule = optim.create_schedule(config.optim, config.train.steps)
+  graphdef, state = create_train_state(config, optim.create_optimizer(config.optim, schedule))
+  state = sharding.replicate(state, mesh)
+  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
+  step = checkpointing.resolve_step(manager, config.eval.checkpoint)
+  state = checkpointing.restore(manager, step, _abstract(state))
+  eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale)
+  start = time.perf_counter()
+  dataset_results = evaluate.evaluate(make_predict_fn(graphdef, state), eval_sets, config.data.scale)
+  seconds = time.perf_counter() - start
+  document = evaluate.results_document(step, config.data.scale, dataset_results)
+  if is_main:
+    table = evaluate.write_results(workdir, document, config.model.name)
+    num_images = sum(len(s.images) for s in eval_sets)
+    print(f"checkpoint step {step} ({config.eval.checkpoint}); {num_images} images in {seconds:.1f} s "
+          f"({num_images / seconds:.2f} images/s, compile included)\n{table}")
+  manager.close()
+  return document
