@@ -25,22 +25,9 @@ from sr_jax import models
 from sr_jax import optim
 from sr_jax import sharding
 from sr_jax import train_logging
+from sr_jax import train_state as train_state_lib
+from sr_jax.train_state import TrainState
 
-TrainState = dict[str, Any]
-
-
-def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation
-                       ) -> tuple[nnx.GraphDef, TrainState]:
-  """Builds the model (with any pretrained weights) and its train state."""
-  model = models.create_model(config.model, config.data.scale, nnx.Rngs(config.seed))
-  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-  if not jax.tree.leaves(params):
-    raise ValueError(f"model.name={config.model.name!r} has no trainable parameters; use --mode=eval")
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
-           "opt_state": tx.init(params), "rng": jax.random.PRNGKey(config.seed)}
-  if config.train.ema_decay:
-    state["ema_params"] = jax.tree.map(jnp.copy, params)
-  return graphdef, state
 
 
 def l1_loss(sr: jnp.ndarray, hr: jnp.ndarray) -> jnp.ndarray:
@@ -89,10 +76,6 @@ def make_predict_fn(graphdef: nnx.GraphDef, state: TrainState) -> evaluate.Predi
   return lambda lr: np.asarray(predict(params, model_state, jnp.asarray(lr)[None]))[0]
 
 
-def _abstract(state: TrainState) -> TrainState:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
-
 def _check_finite(history: list[dict], start_step: int) -> None:
   for offset, row in enumerate(history):
     if not np.isfinite(row["loss"]):
@@ -131,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   total_steps = config.train.steps
   schedule = optim.create_schedule(config.optim, total_steps)
   tx = optim.create_optimizer(config.optim, schedule)
-  graphdef, state = create_train_state(config, tx)
+  graphdef, state = train_state_lib.create_train_state(config, tx)
   state = sharding.replicate(state, mesh)
   train_iter = data.create_train_iterator(
       config.data, seed=config.seed, local_batch_size=sharding.local_batch_size(config.train.batch_size),
@@ -142,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   start_step = 0
   if manager.latest_step() is not None:
     start_step = manager.latest_step()
-    state = checkpointing.restore(manager, start_step, _abstract(state), train_iter)
+    state = checkpointing.restore(manager, start_step, train_state_lib.abstract(state), train_iter)
     logging.info("resumed from step %d in %s", start_step, workdir)
   writer = train_logging.MetricWriter(workdir, enabled=is_main, truncate_after_step=start_step)
 
@@ -204,23 +187,15 @@ def _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """--mode=eval: evaluates a checkpoint (config.eval.checkpoint: latest|best|STEP) on eval.dirs."""
-  is_main = jax.process_index() == 0
-  mesh = sharding.create_mesh()
-  schedule = optim.create_schedule(config.optim, config.train.steps)
-  graphdef, state = create_train_state(config, optim.create_optimizer(config.optim, schedule))
-  state = sharding.replicate(state, mesh)
-  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
-  step = checkpointing.resolve_step(manager, config.eval.checkpoint)
-  state = checkpointing.restore(manager, step, _abstract(state))
+  graphdef, state, step = train_state_lib.restore_checkpoint(config, workdir, config.eval.checkpoint)
   eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale)
   start = time.perf_counter()
   dataset_results = evaluate.evaluate(make_predict_fn(graphdef, state), eval_sets, config.data.scale)
   seconds = time.perf_counter() - start
   document = evaluate.results_document(step, config.data.scale, dataset_results)
-  if is_main:
+  if jax.process_index() == 0:
     table = evaluate.write_results(workdir, document, config.model.name)
     num_images = sum(len(s.images) for s in eval_sets)
     print(f"checkpoint step {step} ({config.eval.checkpoint}); {num_images} images in {seconds:.1f} s "
           f"({num_images / seconds:.2f} images/s, compile included)\n{table}")
-  manager.close()
   return document

@@ -17,6 +17,7 @@ from sr_jax import optim
 from sr_jax import sharding
 from sr_jax import train
 from sr_jax import train_logging
+from sr_jax import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +64,7 @@ def test_train_step_on_8_devices_equals_1_device():
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.create_mesh(devices)
-    graphdef, state = train.create_train_state(config, tx)
+    graphdef, state = train_state.create_train_state(config, tx)
     state = sharding.replicate(state, mesh)
     step = jax.jit(train.make_train_step(graphdef, tx, schedule, config.train.ema_decay),
                    out_shardings=(sharding.replicated(mesh),) * 2)
@@ -105,7 +106,7 @@ def test_launch_train_then_eval_mode(tmp_path):
 def _final_params(workdir):
   config = tiny_config()
   tx = optim.create_optimizer(config.optim, optim.create_schedule(config.optim, config.train.steps))
-  _, state = train.create_train_state(config, tx)
+  _, state = train_state.create_train_state(config, tx)
   manager = checkpointing.create_manager(str(workdir), keep=3)
   restored = checkpointing.restore(manager, manager.latest_step(), state)
   manager.close()

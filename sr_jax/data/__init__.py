@@ -1,0 +1,25 @@
+"""Input pipeline: HR image folders -> (LR, HR) training batches and evaluation images.
+
+Public interface used by the training loop:
+  default_config()                       the `data` config block
+  create_train_iterator(cfg, seed, local_batch_size, process_index, process_count)
+  load_eval_folder(path, scale)          -> list[EvalImage(name, lr, hr)]
+  embedded_photo_dirs(cache_dir=None)    -> (train_dir, val_dir) of the bundled photos
+  resolve_dirs(dirs, cache_dir=None)     "embedded:train" / "embedded:val" -> real folders
+  imresize(img, scale), bicubic_upsample(lr, scale)   MATLAB-compatible bicubic
+"""
+
+from sr_jax.data.embedded import embedded_photo_dirs
+from sr_jax.data.embedded import resolve_dirs
+from sr_jax.data.image_io import ImageReadError
+from sr_jax.data.image_io import list_images
+from sr_jax.data.image_io import read_image
+from sr_jax.data.imresize import bicubic_upsample
+from sr_jax.data.imresize import imresize
+from sr_jax.data.pipeline import create_train_dataset
+from sr_jax.data.pipeline import create_train_iterator
+from sr_jax.data.pipeline import default_config
+from sr_jax.data.pipeline import EvalImage
+from sr_jax.data.pipeline import load_eval_folder
+from sr_jax.data.pipeline import make_lr
+from sr_jax.data.pipeline import mod_crop
