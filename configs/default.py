@@ -37,10 +37,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.b2 = 0.99
   config.optim.weight_decay = 0.0
   config.optim.grad_clip_norm = 1.0  # 0 = no clipping
+  config.optim.encoder_lr_mult = 1.0  # learning-rate factor for a pretrained encoder's parameters
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.l1_weight = 1.0
+  config.loss.feature_weight = 0.0  # > 0 adds a feature (perceptual) loss from a frozen backbone
+  config.loss.feature_backbone = "efficientnet_lite0"
+  config.loss.feature_weights = "efficientnet_lite0"  # path or registry name
+  config.loss.feature_layers = (0, 1, 2)  # indices into the backbone's features (strides 2, 4, 8, ...)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # global, split over all devices of all hosts
   config.train.steps = 300_000
+  config.train.freeze_encoder_steps = 0  # a pretrained encoder stays frozen for this many steps
   config.train.ema_decay = 0.999  # 0 = no EMA; evaluation uses the EMA weights otherwise
   config.train.log_every_steps = 100
   config.train.eval_every_steps = 5000

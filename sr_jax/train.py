@@ -21,6 +21,7 @@ from sr_jax import checkpointing
 from sr_jax import data
 from sr_jax import evaluate
 from sr_jax import figures
+from sr_jax import losses
 from sr_jax import models
 from sr_jax import optim
 from sr_jax import sharding
@@ -30,26 +31,23 @@ from sr_jax.train_state import TrainState
 
 
 
-def l1_loss(sr: jnp.ndarray, hr: jnp.ndarray) -> jnp.ndarray:
-  return jnp.mean(jnp.abs(sr - hr))
-
-
 def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
   """EMA decay ramped up over the first steps, so short runs are not dominated by the init."""
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ema_decay: float) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    ema_decay: float, loss: losses.Loss = losses.Loss(l1_weight=1.0)
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """One optimisation step on a global batch; the gradient of the batch-mean loss is global."""
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     def loss_fn(params):
       model = nnx.merge(graphdef, params, state["model_state"])
-      loss = l1_loss(model(batch["lr"]), batch["hr"])
-      return loss, nnx.state(model, nnx.Not(nnx.Param))
+      total, parts = loss(model(batch["lr"]), batch["hr"], state.get("loss_state"))
+      return total, (parts, nnx.state(model, nnx.Not(nnx.Param)))
 
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (total, (parts, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = dict(state, step=state["step"] + 1, params=params, model_state=model_state, opt_state=opt_state)
@@ -57,7 +55,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
       decay = ema_decay_at(state["step"].astype(jnp.float32), ema_decay)
       new_state["ema_params"] = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                                              state["ema_params"], params)
-    step_metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
+    grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+    step_metrics = {"loss": total, **{f"loss_{k}": v for k, v in parts.items()}, "grad_norm": grad_norm,
                     "learning_rate": schedule(state["step"])}
     return new_state, step_metrics
 
@@ -111,10 +110,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.create_mesh()
-  total_steps = config.train.steps
-  schedule = optim.create_schedule(config.optim, total_steps)
-  tx = optim.create_optimizer(config.optim, schedule)
-  graphdef, state = train_state_lib.create_train_state(config, tx)
+  schedule, tx = optim.from_config(config)
+  loss, loss_state = losses.create_loss(config.get("loss"))
+  graphdef, state = train_state_lib.create_train_state(config, tx, loss_state)
   state = sharding.replicate(state, mesh)
   train_iter = data.create_train_iterator(
       config.data, seed=config.seed, local_batch_size=sharding.local_batch_size(config.train.batch_size),
@@ -130,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = train_logging.MetricWriter(workdir, enabled=is_main, truncate_after_step=start_step)
 
   replicated = sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.train.ema_decay),
+  train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss),
                        donate_argnums=(0,), out_shardings=(replicated, replicated))
   try:
     state = _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, eval_sets,

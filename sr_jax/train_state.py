@@ -14,6 +14,7 @@ import ml_collections
 import optax
 
 from sr_jax import checkpointing
+from sr_jax import losses
 from sr_jax import models
 from sr_jax import optim
 from sr_jax import sharding
@@ -21,9 +22,12 @@ from sr_jax import sharding
 TrainState = dict[str, Any]
 
 
-def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation
-                       ) -> tuple[nnx.GraphDef, TrainState]:
-  """Builds the model (with any pretrained weights) and its train state."""
+def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                       loss_state: Any = None) -> tuple[nnx.GraphDef, TrainState]:
+  """Builds the model (with any pretrained weights) and its train state.
+
+  `loss_state`: the frozen weights a loss needs (feature backbone), carried but never trained.
+  """
   model = models.create_model(config.model, config.data.scale, nnx.Rngs(config.seed))
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   if not jax.tree.leaves(params):
@@ -32,6 +36,8 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
            "opt_state": tx.init(params), "rng": jax.random.PRNGKey(config.seed)}
   if config.train.ema_decay:
     state["ema_params"] = jax.tree.map(jnp.copy, params)
+  if loss_state is not None:
+    state["loss_state"] = loss_state
   return graphdef, state
 
 
@@ -53,8 +59,8 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
                        ) -> tuple[nnx.GraphDef, TrainState, int]:
   """Restores the replicated train state of checkpoint `which` (latest|best|STEP) in `workdir`."""
   mesh = sharding.create_mesh()
-  schedule = optim.create_schedule(config.optim, config.train.steps)
-  graphdef, state = create_train_state(config, optim.create_optimizer(config.optim, schedule))
+  _, loss_state = losses.create_loss(config.get("loss"))
+  graphdef, state = create_train_state(config, optim.from_config(config)[1], loss_state)
   state = sharding.replicate(state, mesh)
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
   try:

@@ -56,8 +56,7 @@ def subprocess_env(num_devices=2):
 def test_train_step_on_8_devices_equals_1_device():
   assert jax.device_count() == 8, "conftest sets 8 simulated CPU devices"
   config = tiny_config()
-  schedule = optim.create_schedule(config.optim, config.train.steps)
-  tx = optim.create_optimizer(config.optim, schedule)
+  schedule, tx = optim.from_config(config)
   rng = np.random.default_rng(0)
   batch = {"lr": rng.uniform(size=(8, 8, 8, 3)).astype(np.float32),
            "hr": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)}
@@ -105,7 +104,7 @@ def test_launch_train_then_eval_mode(tmp_path):
 
 def _final_params(workdir):
   config = tiny_config()
-  tx = optim.create_optimizer(config.optim, optim.create_schedule(config.optim, config.train.steps))
+  _, tx = optim.from_config(config)
   _, state = train_state.create_train_state(config, tx)
   manager = checkpointing.create_manager(str(workdir), keep=3)
   restored = checkpointing.restore(manager, manager.latest_step(), state)

@@ -7,6 +7,7 @@ import ml_collections
 
 from sr_jax.models import edsr
 from sr_jax.models import pretrained
+from sr_jax.models import unet
 from sr_jax.models.pretrained import load_pretrained_sr
 
 # name -> builder(model_config, scale, rngs) -> nnx.Module with `scale` and `__call__(lr)`.
@@ -16,6 +17,7 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "bicubic": edsr.bicubic_from_config,
     "rrdbnet": pretrained.rrdbnet_from_config,
     "srvgg_compact": pretrained.srvgg_compact_from_config,
+    "unet": unet.from_config,  # pretrained backbone encoder: model.encoder.{name, weights, freeze_bn}
 }
 
 

@@ -1,0 +1,207 @@
+"""The Real-ESRGAN generators: `RRDBNet` (BasicSR) and `SRVGGNetCompact` (Real-ESRGAN).
+
+Attribute names follow the official PyTorch modules (`conv_first`, `body.N.rdb1.conv1`, ...;
+`body.N` for the compact net) so official checkpoints map key by key: conv `weight` -> `kernel`
+(transposed), PReLU `weight` -> `slope`. See `sr_jax.models.pretrained` for the loaders.
+"""
+
+import functools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sr_jax.models.layers import pixel_shuffle, pixel_unshuffle
+
+# BasicSR's `default_init_weights(..., scale=0.1)`: Kaiming-normal (fan-in, gain sqrt(2)) times 0.1,
+# which keeps the 23-block residual stack near identity at the start of training.
+_RDB_KERNEL_INIT = nnx.initializers.variance_scaling(2.0 * 0.1**2, "fan_in", "normal")
+
+
+def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, kernel_init=None) -> nnx.Conv:
+  kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
+  return nnx.Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
+
+
+def upsample_nearest(x: jnp.ndarray, factor: int) -> jnp.ndarray:
+  """NHWC nearest-neighbour upsampling by an integer factor (`F.interpolate(mode='nearest')`)."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def lrelu(x: jnp.ndarray) -> jnp.ndarray:
+  return jax.nn.leaky_relu(x, negative_slope=0.2)
+
+
+class ResidualDenseBlock(nnx.Module):
+  """Five densely connected convs; the output is scaled by 0.2 and added to the input."""
+
+  def __init__(self, num_feat: int, num_grow_ch: int, rngs: nnx.Rngs):
+    grow = num_grow_ch
+    self.conv1 = conv3x3(num_feat, grow, rngs, _RDB_KERNEL_INIT)
+    self.conv2 = conv3x3(num_feat + grow, grow, rngs, _RDB_KERNEL_INIT)
+    self.conv3 = conv3x3(num_feat + 2 * grow, grow, rngs, _RDB_KERNEL_INIT)
+    self.conv4 = conv3x3(num_feat + 3 * grow, grow, rngs, _RDB_KERNEL_INIT)
+    self.conv5 = conv3x3(num_feat + 4 * grow, num_feat, rngs, _RDB_KERNEL_INIT)
+
+  def __call__(self, x):
+    # Channel order of each concat matches torch.cat((x, x1, ...), 1), so kernels port unchanged.
+    x1 = lrelu(self.conv1(x))
+    x2 = lrelu(self.conv2(jnp.concatenate([x, x1], -1)))
+    x3 = lrelu(self.conv3(jnp.concatenate([x, x1, x2], -1)))
+    x4 = lrelu(self.conv4(jnp.concatenate([x, x1, x2, x3], -1)))
+    x5 = self.conv5(jnp.concatenate([x, x1, x2, x3, x4], -1))
+    return x5 * 0.2 + x
+
+
+class RRDB(nnx.Module):
+  """Residual-in-residual dense block: three RDBs, scaled by 0.2, plus the input."""
+
+  def __init__(self, num_feat: int, num_grow_ch: int, rngs: nnx.Rngs):
+    self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch, rngs)
+    self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch, rngs)
+    self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch, rngs)
+
+  def __call__(self, x):
+    return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+class RRDBNet(nnx.Module):
+  """ESRGAN / Real-ESRGAN generator, as BasicSR's `RRDBNet`.
+
+  `RRDBNet(4, num_block=23)` is RealESRGAN_x4plus, `RRDBNet(4, num_block=6)` x4plus_anime_6B.
+  The trunk always upsamples x4 (two nearest x2 stages); for scale 2 / 1 the input is first
+  pixel-unshuffled by 2 / 4, as in BasicSR (RealESRGAN_x2plus).
+  """
+
+  def __init__(self, scale: int = 4, num_feat: int = 64, num_block: int = 23, num_grow_ch: int = 32,
+               num_in_ch: int = 3, num_out_ch: int = 3, *, rngs: nnx.Rngs):
+    if scale not in (1, 2, 4):
+      raise ValueError(f"RRDBNet supports scale 1, 2 or 4, got scale={scale}")
+    self.scale = scale
+    self.num_feat = num_feat
+    self.num_block = num_block
+    self.num_grow_ch = num_grow_ch
+    self.unshuffle = {4: 1, 2: 2, 1: 4}[scale]
+    self.conv_first = conv3x3(num_in_ch * self.unshuffle**2, num_feat, rngs)
+    self.body = nnx.List([RRDB(num_feat, num_grow_ch, rngs) for _ in range(num_block)])
+    self.conv_body = conv3x3(num_feat, num_feat, rngs)
+    self.conv_up1 = conv3x3(num_feat, num_feat, rngs)
+    self.conv_up2 = conv3x3(num_feat, num_feat, rngs)
+    self.conv_hr = conv3x3(num_feat, num_feat, rngs)
+    self.conv_last = conv3x3(num_feat, num_out_ch, rngs)
+
+  def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
+    x = lr
+    if self.unshuffle > 1:
+      _, h, w, _ = lr.shape
+      if h % self.unshuffle or w % self.unshuffle:
+        raise ValueError(f"RRDBNet scale={self.scale}: LR size {h}x{w} must be divisible by {self.unshuffle}")
+      x = pixel_unshuffle(x, self.unshuffle)
+    feat = self.conv_first(x)
+    body = feat
+    for block in self.body:
+      body = block(body)
+    feat = feat + self.conv_body(body)
+    feat = lrelu(self.conv_up1(upsample_nearest(feat, 2)))
+    feat = lrelu(self.conv_up2(upsample_nearest(feat, 2)))
+    return self.conv_last(lrelu(self.conv_hr(feat)))
+
+
+class PReLU(nnx.Module):
+  """Per-channel PReLU (`torch.nn.PReLU(num_parameters=C)`, slopes start at 0.25)."""
+
+  def __init__(self, num_channels: int):
+    self.slope = nnx.Param(jnp.full((num_channels,), 0.25, jnp.float32))
+
+  def __call__(self, x):
+    return jnp.where(x >= 0, x, x * self.slope[...])
+
+
+class ReLU(nnx.Module):
+  def __call__(self, x):
+    return jax.nn.relu(x)
+
+
+class LeakyReLU(nnx.Module):
+  """LeakyReLU(0.1), the compact net's `act_type='leakyrelu'`."""
+
+  def __call__(self, x):
+    return jax.nn.leaky_relu(x, negative_slope=0.1)
+
+
+class SRVGGNetCompact(nnx.Module):
+  """Real-ESRGAN's compact VGG-style net: convs + activations at LR size, one pixel shuffle,
+  and the nearest-upsampled input added (so the body learns a residual).
+
+  `SRVGGNetCompact(4, num_conv=16)` is realesr-animevideov3, `num_conv=32` realesr-general-x4v3.
+  `body` mirrors the official `nn.ModuleList` (conv, act, conv, act, ..., conv) index by index.
+
+  Args:
+    upscale: the network's own factor (pixel shuffle and input upsampling).
+    num_feat: channels of the body.
+    num_conv: convs between the first and the last one.
+    act_type: 'prelu' (official models), 'relu' or 'leakyrelu'.
+    scale: output scale, default `upscale`. When it differs, the x`upscale` output is bicubic-resized
+      to x`scale` exactly as ncnn's Interp does; that is how the official ncnn
+      realesr-animevideov3 x2 / x3 models are built (the x4 net plus a downscale).
+  """
+
+  def __init__(self, upscale: int = 4, num_feat: int = 64, num_conv: int = 16, num_in_ch: int = 3,
+               num_out_ch: int = 3, act_type: str = "prelu", scale: int | None = None, *, rngs: nnx.Rngs):
+    activations = {"prelu": lambda: PReLU(num_feat), "relu": ReLU, "leakyrelu": LeakyReLU}
+    if act_type not in activations:
+      raise ValueError(f"SRVGGNetCompact act_type={act_type!r} is unknown; known: {sorted(activations)}")
+    self.upscale = upscale
+    self.scale = upscale if scale is None else scale
+    self.num_feat = num_feat
+    self.num_conv = num_conv
+    self.act_type = act_type
+    layers = [conv3x3(num_in_ch, num_feat, rngs), activations[act_type]()]
+    for _ in range(num_conv):
+      layers += [conv3x3(num_feat, num_feat, rngs), activations[act_type]()]
+    layers.append(conv3x3(num_feat, num_out_ch * upscale * upscale, rngs))
+    self.body = nnx.List(layers)
+
+  def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
+    out = lr
+    for layer in self.body:
+      out = layer(out)
+    out = pixel_shuffle(out, self.upscale) + upsample_nearest(lr, self.upscale)
+    if self.scale != self.upscale:
+      _, h, w, _ = lr.shape
+      out = resize_bicubic_ncnn(out, h * self.scale, w * self.scale)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _ncnn_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out_size, in_size] weights of ncnn's bicubic Interp along one axis.
+
+  ncnn: half-pixel source coordinate computed in double then rounded to float, Keys cubic with
+  A = -0.75, no antialiasing, and taps past the border folded onto the edge pixel (replicate).
+  """
+  a = np.float32(-0.75)
+  matrix = np.zeros((out_size, in_size), np.float64)
+  for dst in range(out_size):
+    fx = np.float32((dst + 0.5) * (in_size / out_size) - 0.5)
+    sx = int(np.floor(fx))
+    t = np.float32(fx - np.float32(sx))
+    t0, t1, t2 = t + np.float32(1), t, np.float32(1) - t
+    c0 = a * t0 * t0 * t0 - 5 * a * t0 * t0 + 8 * a * t0 - 4 * a
+    c1 = (a + 2) * t1 * t1 * t1 - (a + 3) * t1 * t1 + 1
+    c2 = (a + 2) * t2 * t2 * t2 - (a + 3) * t2 * t2 + 1
+    c3 = np.float32(1) - c0 - c1 - c2
+    for offset, coeff in zip((-1, 0, 1, 2), (c0, c1, c2, c3)):
+      matrix[dst, min(max(sx + offset, 0), in_size - 1)] += coeff
+  return matrix.astype(np.float32)
+
+
+def resize_bicubic_ncnn(x: jnp.ndarray, out_h: int, out_w: int) -> jnp.ndarray:
+  """NHWC bicubic resize matching ncnn's `Interp` resize_type=3 (separable, as two matmuls)."""
+  _, h, w, _ = x.shape
+  rows = jnp.asarray(_ncnn_bicubic_matrix(h, out_h))
+  cols = jnp.asarray(_ncnn_bicubic_matrix(w, out_w))
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("oh,nhwc->nowc", rows, x, precision=hi)
+  return jnp.einsum("pw,nowc->nopc", cols, x, precision=hi)

@@ -1,0 +1,121 @@
+"""U-Net SR network whose encoder is a pretrained ImageNet backbone (ResNet, EfficientNet-Lite).
+
+LR image -> ImageNet-normalised -> encoder features at strides 2..32 -> decoder that upsamples by
+pixel shuffle (ICNR-initialised) and concatenates every encoder stage's skip, back to LR
+resolution, where a shallow full-resolution branch joins -> pixel-shuffle upsampler to x scale ->
+plus the bicubic upscale of the input (global residual; the last conv starts at zero, so an
+untrained network outputs bicubic). Any input size works: it is padded to the encoder's stride
+and the output cropped back.
+"""
+
+from typing import Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sr_jax.models.edsr import bicubic_upsample
+from sr_jax.models.layers import pixel_shuffle
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def icnr_init(scale: int, base_init=nnx.initializers.kaiming_normal()):
+  """ICNR (Aitken et al. 2017): each output channel's scale**2 sub-kernels start identical, so the
+  conv + pixel shuffle starts as nearest-neighbour upsampling, free of checkerboard artefacts."""
+
+  def init(key, shape, dtype=jnp.float32):
+    *spatial, in_features, out_features = shape
+    sub = scale * scale
+    base = base_init(key, (*spatial, in_features, out_features // sub), dtype)
+    return jnp.repeat(base, sub, axis=-1)  # channel c*sub + k <- base channel c (PyTorch order)
+
+  return init
+
+
+def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
+  return nnx.Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
+
+
+class PixelShuffleUp(nnx.Module):
+  """conv (ICNR) -> pixel shuffle x factor -> ReLU."""
+
+  def __init__(self, in_features: int, out_features: int, factor: int, rngs: nnx.Rngs):
+    self.factor = factor
+    self.conv = conv3x3(in_features, out_features * factor * factor, rngs, kernel_init=icnr_init(factor))
+
+  def __call__(self, x):
+    return jax.nn.relu(pixel_shuffle(self.conv(x), self.factor))
+
+
+class UpBlock(nnx.Module):
+  """x2 upsampling, concatenation with the skip, two 3x3 conv + ReLU."""
+
+  def __init__(self, in_features: int, skip_features: int, out_features: int, rngs: nnx.Rngs):
+    self.up = PixelShuffleUp(in_features, out_features, 2, rngs)
+    self.conv1 = conv3x3(out_features + skip_features, out_features, rngs)
+    self.conv2 = conv3x3(out_features, out_features, rngs)
+
+  def __call__(self, x, skip):
+    x = jnp.concatenate([self.up(x), skip], axis=-1)
+    return jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
+
+
+class UNetSR(nnx.Module):
+  """U-Net SR with a backbone encoder. `encoder` needs `features(x)` (strides 2, 4, 8, 16, 32),
+  `feature_channels` and `feature_strides`; parameters under `encoder` are the pretrained ones."""
+
+  def __init__(self, scale: int, encoder: nnx.Module, decoder_features: Sequence[int] = (256, 128, 64, 64, 32),
+               shallow_features: int = 32, *, rngs: nnx.Rngs):
+    channels = tuple(encoder.feature_channels)
+    if tuple(encoder.feature_strides) != (2, 4, 8, 16, 32):
+      raise ValueError(f"encoder feature strides {encoder.feature_strides} != (2, 4, 8, 16, 32)")
+    if len(decoder_features) != 5:
+      raise ValueError(f"model.decoder_features needs 5 widths (strides 16, 8, 4, 2, 1), got {decoder_features}")
+    self.scale = scale
+    self.stride = 32
+    self.encoder = encoder
+    # Decoder stage k goes from stride 2**(5-k) to 2**(4-k) and takes that stride's skip.
+    skips = (*channels[:4][::-1], shallow_features)  # strides 16, 8, 4, 2, then 1 (shallow branch)
+    widths = (channels[4], *decoder_features[:-1])
+    self.decoder = nnx.List([UpBlock(w, s, d, rngs) for w, s, d in zip(widths, skips, decoder_features)])
+    self.shallow1 = conv3x3(3, shallow_features, rngs)
+    self.shallow2 = conv3x3(shallow_features, shallow_features, rngs)
+    self.upsample = PixelShuffleUp(decoder_features[-1], decoder_features[-1], scale, rngs)
+    self.conv_last = conv3x3(decoder_features[-1], 3, rngs, kernel_init=nnx.initializers.zeros_init())
+
+  def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
+    n, h, w, _ = lr.shape
+    pad_h, pad_w = -h % self.stride, -w % self.stride
+    padded = jnp.pad(lr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+    x = (padded - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    features = self.encoder.features(x)
+    shallow = jax.nn.relu(self.shallow2(jax.nn.relu(self.shallow1(x))))
+    skips = (*features[:4][::-1], shallow)
+    y = features[4]
+    for block, skip in zip(self.decoder, skips):
+      y = block(y, skip)
+    y = self.conv_last(self.upsample(y))
+    y = y[:, :h * self.scale, :w * self.scale]
+    return y + bicubic_upsample(lr, self.scale)
+
+
+def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> UNetSR:
+  """model.encoder.{name, weights, freeze_bn}; weights "" or None = random init (scratch)."""
+  from sr_jax.backbones import create_backbone  # pylint: disable=g-import-not-at-top
+
+  encoder_config = model_config.encoder
+  weights = encoder_config.get("weights") or None
+  # The encoder draws from its own stream, so the decoder's init is the same with or without
+  # pretrained weights (the scratch twin differs only in the encoder).
+  encoder = create_backbone(encoder_config.name, weights=weights, head=False, rngs=nnx.Rngs(rngs.params()),
+                            frozen_bn=encoder_config.get("freeze_bn", True))
+  return UNetSR(scale, encoder, decoder_features=tuple(model_config.get("decoder_features", (256, 128, 64, 64, 32))),
+                shallow_features=model_config.get("shallow_features", 32), rngs=rngs)
+
+
+def encoder_param_count(model: UNetSR) -> int:
+  return int(sum(np.size(p) for p in jax.tree.leaves(nnx.state(model.encoder, nnx.Param))))

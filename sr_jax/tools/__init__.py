@@ -1,0 +1,1 @@
+"""Command-line tools (`python -m sr_jax.tools.<name>`)."""
