@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 16  # global, split over all devices of all hosts
   config.train.steps = 300_000
   config.train.freeze_encoder_steps = 0  # a pretrained encoder stays frozen for this many steps
+  config.train.eval_at_start = False  # also evaluate before the first step (pretrained models)
   config.train.ema_decay = 0.999  # 0 = no EMA; evaluation uses the EMA weights otherwise
   config.train.log_every_steps = 100
   config.train.eval_every_steps = 5000

