@@ -17,6 +17,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.patch_size = 48  # LR side of a training patch
   config.data.augment = True  # random flips and 90-degree rotations
   config.data.worker_count = 0  # grain worker processes (0 = in the training process)
+  # Training source: "folder" (train_dirs) or "tfds" (an ArrayRecord TFDS dataset read without
+  # TensorFlow: the catalog's div2k configs, or one written by `python -m sr_jax.data.prepare`).
+  config.data.source = "folder"
+  config.data.tfds_name = ""  # e.g. "div2k/bicubic_x4"
+  config.data.tfds_data_dir = ""  # "" = ~/tensorflow_datasets or $TFDS_DATA_DIR
+  config.data.tfds_split = "train"
+  # LR from HR: "bicubic" (MATLAB imresize) | "realesrgan" (second-order blur/resize/noise/JPEG,
+  # options below) | "paired" (stored LR: train_lr_dirs, or the TFDS dataset's "lr" images).
+  config.data.degradation = "bicubic"
+  config.data.train_lr_dirs = ()  # paired LR folders, one per train_dirs entry
+  # Real-ESRGAN x4plus degradation options (names as in its training YAML).
+  kernels = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+  kernel_prob = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
+  config.data.realesrgan = ml_collections.ConfigDict({
+      "blur_kernel_size": 21, "kernel_list": kernels, "kernel_prob": kernel_prob,
+      "sinc_prob": 0.1, "blur_sigma": (0.2, 3.0), "betag_range": (0.5, 4.0), "betap_range": (1.0, 2.0),
+      "kernel_list2": kernels, "kernel_prob2": kernel_prob, "sinc_prob2": 0.1,
+      "blur_sigma2": (0.2, 1.5), "betag_range2": (0.5, 4.0), "betap_range2": (1.0, 2.0),
+      "final_sinc_prob": 0.8,
+      "resize_prob": (0.2, 0.7, 0.1), "resize_range": (0.15, 1.5), "gaussian_noise_prob": 0.5,
+      "noise_range": (1.0, 30.0), "poisson_scale_range": (0.05, 3.0), "gray_noise_prob": 0.4,
+      "jpeg_range": (30.0, 95.0),
+      "second_blur_prob": 0.8, "resize_prob2": (0.3, 0.4, 0.3), "resize_range2": (0.3, 1.2),
+      "gaussian_noise_prob2": 0.5, "noise_range2": (1.0, 25.0), "poisson_scale_range2": (0.05, 2.5),
+      "gray_noise_prob2": 0.4, "jpeg_range2": (30.0, 95.0),
+  })
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "edsr"
@@ -59,5 +85,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.dirs = ("embedded:val",)  # folders of HR images, each reported under its folder name
+  # Named benchmark sets (set5, set14, b100, urban100, manga109, div2k_val) or folders.
+  config.eval.datasets = ()
+  config.eval.data_root = ""  # where the named sets live; "" = $SR_JAX_DATA or ~/.cache/sr_jax/datasets
+  # LR sides padded (reflect) up to multiples of this, so image sizes don't each compile; 0 = exact
+  # full images (one compile per size; BasicSR-identical borders).
+  config.eval.bucket = 16
   config.eval.checkpoint = "latest"  # for --mode=eval: latest | best | STEP
   return config

@@ -19,6 +19,7 @@ def get_config():
   config.model.encoder.freeze_bn = True  # keep the ImageNet BatchNorm statistics
   config.model.decoder_features = (256, 128, 64, 64, 32)  # widths at strides 16, 8, 4, 2, 1
   config.model.shallow_features = 32
+  config.model.skip_norm = True  # LayerNorm on encoder skips: pretrained features are large
   config.data.scale = 4
   config.data.patch_size = 64  # a multiple of the encoder's stride 32: no padding in training
   config.optim.learning_rate = 2e-4

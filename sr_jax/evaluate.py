@@ -41,8 +41,53 @@ def load_eval_sets(dir_specs: Sequence[str], scale: int) -> list[EvalSet]:
   return sets
 
 
-def evaluate(predict: PredictFn, eval_sets: Sequence[EvalSet], scale: int) -> dict:
-  """Mean PSNR-Y / SSIM-Y of `predict` and of bicubic on every set; also returns the SR images."""
+def pad_to_bucket(lr: np.ndarray, multiple: int, mode: str = "reflect") -> np.ndarray:
+  """Pads an [h, w, c] image at the bottom / right up to the next multiple of `multiple` per side."""
+  height, width = lr.shape[:2]
+  pad_h, pad_w = -height % multiple, -width % multiple
+  if pad_h == 0 and pad_w == 0:
+    return lr
+  if mode == "reflect" and min(height, width) == 1:
+    mode = "edge"  # nothing to reflect on a 1-pixel side
+  return np.pad(lr, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (lr.ndim - 2), mode=mode)
+
+
+def bucketed(predict: PredictFn, multiple: int = 64, mode: str = "reflect") -> PredictFn:
+  """`predict` on LR images padded to size buckets, with the SR output cropped back.
+
+  A jitted predict compiles once per input shape; padding each side up to a multiple of
+  `multiple` bounds the shapes (and compiles) to one per bucket. The padded border changes the
+  SR pixels within the network's receptive field of the bottom / right edge slightly (reflected
+  content instead of each layer's zero padding); the metrics crop only `scale` pixels.
+  """
+  if multiple < 1:
+    raise ValueError(f"bucket multiple must be >= 1, got {multiple}")
+
+  def predict_bucketed(lr: np.ndarray) -> np.ndarray:
+    height, width = lr.shape[:2]
+    padded = pad_to_bucket(lr, multiple, mode)
+    sr = np.asarray(predict(padded))
+    scale = sr.shape[0] // padded.shape[0]
+    return sr[:height * scale, :width * scale]
+
+  return predict_bucketed
+
+
+def evaluate(predict: PredictFn, eval_sets: Sequence[EvalSet], scale: int, bucket: int | None = None) -> dict:
+  """Mean PSNR-Y / SSIM-Y of `predict` and of bicubic on every set.
+
+  Args:
+    predict: lr -> sr on one full image.
+    eval_sets: from `load_eval_sets`.
+    scale: SR factor (also the border cropped before the metrics).
+    bucket: if set, LR sides are padded up to multiples of it (see `bucketed`), so a jitted
+      `predict` compiles once per bucket instead of once per image size.
+
+  Returns:
+    {set name: {psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y, num_images}}.
+  """
+  if bucket:
+    predict = bucketed(predict, bucket)
   results = {}
   for eval_set in eval_sets:
     rows = []

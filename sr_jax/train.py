@@ -66,16 +66,23 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
   return train_step
 
 
-def make_predict_fn(graphdef: nnx.GraphDef, state: TrainState) -> evaluate.PredictFn:
-  """Full-image SR with the EMA weights when there are any (one compile per image size)."""
-  params = state.get("ema_params", state["params"])
-  model_state = state["model_state"]
+def make_predictor(graphdef: nnx.GraphDef) -> Callable[[TrainState], evaluate.PredictFn]:
+  """state -> full-image SR function, with the EMA weights when there are any.
+
+  One jitted forward for the whole run (it compiles once per input shape, not once per
+  evaluation), on one local device: replicated weights would repeat the work on every device.
+  """
 
   @jax.jit
-  def predict(params, model_state, lr):
+  def forward(params, model_state, lr):
     return nnx.merge(graphdef, params, model_state)(lr)
 
-  return lambda lr: np.asarray(predict(params, model_state, jnp.asarray(lr)[None]))[0]
+  def bind(state: TrainState) -> evaluate.PredictFn:
+    params, model_state = jax.tree.map(lambda x: x.addressable_data(0),
+                                       (state.get("ema_params", state["params"]), state["model_state"]))
+    return lambda lr: np.asarray(forward(params, model_state, jnp.asarray(lr)[None]))[0]
+
+  return bind
 
 
 def _check_finite(history: list[dict], start_step: int) -> None:
@@ -87,27 +94,29 @@ def _check_finite(history: list[dict], start_step: int) -> None:
           "optim.grad_clip_norm, or check the data.")
 
 
-def _evaluate_and_report(graphdef, state, eval_sets, config, workdir, step, writer, is_main) -> float:
-  """Runs evaluation, writes eval_results.{json,md} and a comparison PNG; returns mean PSNR-Y."""
-  predict = make_predict_fn(graphdef, state)
-  dataset_results = evaluate.evaluate(predict, eval_sets, config.data.scale)
+def _evaluate_and_report(predict, eval_sets, config, workdir, step, writer, is_main) -> float:
+  """Runs evaluation, writes eval_results.{json,md} and comparison figures; returns mean PSNR-Y."""
+  dataset_results = evaluate.evaluate(predict, eval_sets, config.data.scale, bucket=config.eval.bucket)
   document = evaluate.results_document(step, config.data.scale, dataset_results)
   if is_main:
     table = evaluate.write_results(workdir, document, config.model.name)
     logging.info("step %d evaluation:\n%s", step, table)
     first = eval_sets[0]
     sr = np.clip(predict(first.images[0].lr), 0.0, 1.0)
-    figures.comparison_figure(first.bicubic[0], sr, first.images[0].hr, config.data.scale,
-                              config.model.name).save(os.path.join(workdir, "comparison.png"))
+    figure = figures.comparison_figure(first.bicubic[0], sr, first.images[0].hr, config.data.scale,
+                                       config.model.name)
+    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+    figure.save(os.path.join(workdir, "figures", f"comparison_step{step:07d}.png"))
+    figure.save(os.path.join(workdir, "comparison.png"))  # the latest
     scalars = {f"eval/{name}/{key}": value for name, r in dataset_results.items()
                for key, value in r.items() if key != "num_images"}
     writer.write(step, scalars)
   return float(np.mean([r["psnr_y"] for r in dataset_results.values()]))
 
 
-def _evaluate_at_start(graphdef, state, eval_sets, config, workdir, writer, is_main) -> None:
+def _evaluate_at_start(predict, eval_sets, config, workdir, writer, is_main) -> None:
   """Step-0 evaluation (e.g. a pretrained network before fine-tuning), kept in eval_results_start.json."""
-  dataset_results = evaluate.evaluate(make_predict_fn(graphdef, state), eval_sets, config.data.scale)
+  dataset_results = evaluate.evaluate(predict, eval_sets, config.data.scale, bucket=config.eval.bucket)
   if is_main:
     with open(os.path.join(workdir, START_RESULTS), "w") as f:
       json.dump(evaluate.results_document(0, config.data.scale, dataset_results), f, indent=2)
@@ -143,10 +152,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   replicated = sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss),
                        donate_argnums=(0,), out_shardings=(replicated, replicated))
+  predictor = make_predictor(graphdef)
   if eval_sets and start_step == 0 and config.train.get("eval_at_start", False):
-    _evaluate_at_start(graphdef, state, eval_sets, config, workdir, writer, is_main)
+    _evaluate_at_start(predictor(state), eval_sets, config, workdir, writer, is_main)
   try:
-    state = _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, eval_sets,
+    state = _train_loop(config, workdir, mesh, predictor, state, train_step, train_iter, eval_sets,
                         manager, writer, start_step, is_main)
   finally:  # Also on errors: let an async save finish, so the last good checkpoint is complete.
     manager.wait_until_finished()
@@ -176,7 +186,7 @@ def _final_table(workdir: str, model_name: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, eval_sets, manager, writer,
+def _train_loop(config, workdir, mesh, predictor, state, train_step, train_iter, eval_sets, manager, writer,
                 start_step, is_main) -> TrainState:
   """Steps from `start_step` to `config.train.steps`: logs, evaluates, checkpoints."""
   total_steps = config.train.steps
@@ -208,7 +218,7 @@ def _train_loop(config, workdir, mesh, graphdef, state, train_step, train_iter, 
     eval_metrics = None
     if should_eval:
       eval_metrics = {checkpointing.BEST_METRIC: _evaluate_and_report(
-          graphdef, state, eval_sets, config, workdir, step, writer, is_main)}
+          predictor(state), eval_sets, config, workdir, step, writer, is_main)}
     if should_save:
       checkpointing.save(manager, step, state, train_iter, eval_metrics)
   progress.close()
@@ -220,7 +230,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   graphdef, state, step = train_state_lib.restore_checkpoint(config, workdir, config.eval.checkpoint)
   eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale)
   start = time.perf_counter()
-  dataset_results = evaluate.evaluate(make_predict_fn(graphdef, state), eval_sets, config.data.scale)
+  dataset_results = evaluate.evaluate(make_predictor(graphdef)(state), eval_sets, config.data.scale,
+                                      bucket=config.eval.bucket)
   seconds = time.perf_counter() - start
   document = evaluate.results_document(step, config.data.scale, dataset_results)
   if jax.process_index() == 0:

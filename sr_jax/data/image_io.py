@@ -9,10 +9,12 @@ Conversions done by `read_image` (everything ends as uint8 [h, w, 3] RGB):
   - 16-bit (I;16*, I) and 32-bit float (F) grayscale are scaled to 8 bits: 16-bit by 255/65535;
     float as [0, 1] when its maximum is <= 1, otherwise as [0, 255]. 16-bit RGB PNGs are already
     reduced to 8 bits per channel by PIL.
+
+`read_image_full` is for inference (`sr_jax.upscale`): it keeps 16-bit depth, grayscale and alpha.
 """
 
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -115,3 +117,169 @@ def list_images(dirs: str | Iterable[str]) -> list[str]:
       subdirs[:] = [d for d in subdirs if not d.startswith(".")]
       paths.update(os.path.join(root, f) for f in files if _is_image_file(f))
   return sorted(paths)
+
+
+# --- Faithful reading for inference: bit depth, gray and alpha kept -------------------------------
+
+
+class FullImage(NamedTuple):
+  """An image as stored, upright: what `sr_jax.upscale` must preserve.
+
+  color: uint8 or uint16, [h, w] for grayscale or [h, w, 3] RGB.
+  alpha: the alpha channel, same dtype, [h, w]; None when the image has none.
+  icc_profile: the embedded ICC profile (bytes), or None.
+  """
+  color: np.ndarray
+  alpha: np.ndarray | None
+  icc_profile: bytes | None
+
+  @property
+  def bit_depth(self) -> int:
+    return 16 if self.color.dtype == np.uint16 else 8
+
+
+# PIL's PNG raw modes for 16-bit colour: it decodes only the high byte of each sample. The same
+# data decoded with the little-endian raw mode gives the low byte (the filters use the same bytes
+# per pixel), so two decodes rebuild the 16-bit samples.
+_PNG16_LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+# 16-bit gray + alpha is 4 bytes a pixel: decoded as plain RGBA bytes it is (L hi, L lo, A hi, A lo).
+_PNG16_LA_RAWMODE = "LA;16B"
+
+
+def _decode_png_with_rawmode(path: str, rawmode: str) -> np.ndarray:
+  with Image.open(path) as img:
+    tile = img.tile[0]
+    img.tile = [tile._replace(args=rawmode)]
+    img.load()
+    return np.asarray(img)
+
+
+def _read_png16_color(path: str, img: Image.Image, tiles: list) -> np.ndarray | None:
+  """16-bit RGB / RGBA / LA PNG samples as uint16 [h, w, c] (c = 3, 4 or 2), or None if not one
+  (16-bit gray PNGs PIL reads itself, as I;16).
+
+  `tiles` is `img.tile` as it was before loading (loading empties it).
+  """
+  if img.format != "PNG" or len(tiles) != 1 or tiles[0].codec_name != "zip":
+    return None
+  rawmode = tiles[0].args
+  if rawmode in _PNG16_LOW_BYTE_RAWMODES:
+    high = _decode_png_with_rawmode(path, rawmode).astype(np.uint16)
+    low = _decode_png_with_rawmode(path, _PNG16_LOW_BYTE_RAWMODES[rawmode])
+    return (high << 8) | low
+  if rawmode == _PNG16_LA_RAWMODE:
+    raw = _decode_png_with_rawmode(path, "RGBA").astype(np.uint16)
+    return np.stack([(raw[..., 0] << 8) | raw[..., 1], (raw[..., 2] << 8) | raw[..., 3]], axis=-1)
+  return None
+
+
+def _read_tiff16(path: str) -> tuple[np.ndarray, bool, int, bytes | None] | None:
+  """A 16-bit TIFF via tifffile (PIL reduces 16-bit colour to 8 bits and cannot open 16-bit gray +
+  alpha): (pixels [h, w] / [h, w, c], last channel is alpha, EXIF orientation, ICC profile), or None
+  when the file is not a 16-bit TIFF that tifffile reads."""
+  try:
+    import tifffile  # a dependency of scikit-image
+    with tifffile.TiffFile(path) as tif:
+      page = tif.pages[0]
+      if page.bitspersample != 16 or page.dtype != np.uint16:
+        return None
+      pixels = page.asarray()
+      orientation = page.tags[274].value if 274 in page.tags else 1
+      icc_profile = page.tags[34675].value if 34675 in page.tags else None
+      has_alpha = bool(page.extrasamples)
+  except Exception:  # not a TIFF tifffile understands: PIL reads it or reports the error
+    return None
+  if pixels.ndim not in (2, 3):
+    return None
+  return pixels, has_alpha and pixels.ndim == 3, int(orientation), icc_profile
+
+
+# EXIF orientation (tag 0x0112) -> numpy ops that make the pixels upright, as ImageOps.exif_transpose.
+_ORIENTATION_OPS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+  """Rotates / flips [h, w, ...] pixels as the EXIF orientation value says (1 or unknown: as is)."""
+  op = _ORIENTATION_OPS.get(int(orientation or 1))
+  return pixels if op is None else np.ascontiguousarray(op(pixels))
+
+
+def _split_channels(pixels: np.ndarray, has_alpha: bool) -> tuple[np.ndarray, np.ndarray | None]:
+  """[h, w(, c)] -> (color [h, w] or [h, w, 3], alpha [h, w] or None)."""
+  if pixels.ndim == 2:
+    return pixels, None
+  if has_alpha:
+    color, alpha = pixels[..., :-1], pixels[..., -1]
+  else:
+    color, alpha = pixels, None
+  if color.shape[-1] == 1:
+    color = color[..., 0]
+  return color, alpha
+
+
+def _pixels_of(path: str, img: Image.Image, tiles: list) -> tuple[np.ndarray, bool]:
+  """Pixels of a loaded image (uint8 or uint16, [h, w] / [h, w, c]) and whether the last channel
+  is alpha; `tiles` is `img.tile` from before loading."""
+  high_depth = _read_png16_color(path, img, tiles)
+  if high_depth is not None:
+    # A 16-bit LA PNG is opened by PIL as RGBA: the samples tell the truth, 2 channels = L + A.
+    return high_depth, high_depth.shape[-1] in (2, 4)
+  mode = img.mode
+  if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    return np.clip(np.asarray(img), 0, 65535).astype(np.uint16), False
+  if mode == "F":
+    arr = np.nan_to_num(np.asarray(img, np.float64))
+    peak = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
+    return np.clip(np.rint(arr * (65535.0 / peak)), 0, 65535).astype(np.uint16), False
+  if mode in ("1", "L"):
+    return np.asarray(img.convert("L")), False
+  if mode in ("LA", "La"):
+    return np.asarray(img.convert("LA")), True
+  has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
+  return np.asarray(img.convert("RGBA" if has_alpha else "RGB")), has_alpha
+
+
+def read_image_full(path: str) -> FullImage:
+  """Reads an image keeping what `read_image` flattens: 16-bit depth, grayscale, alpha.
+
+  EXIF orientation is applied. Grayscale (1-bit, L, 16-bit I;16) stays one channel; palette, CMYK
+  and other modes become RGB(A). 16-bit PNGs (gray, gray+alpha, RGB, RGBA) and 16-bit TIFFs (any
+  of those, via tifffile) keep 16 bits; 32-bit integer gray is clipped to 16 bits and float gray
+  ([0, 1] or [0, 255]) scaled to 16 bits.
+
+  Args:
+    path: image file.
+
+  Returns:
+    FullImage(color, alpha, icc_profile).
+
+  Raises:
+    ImageReadError: the file is missing, not an image, truncated or corrupt.
+  """
+  tiff16 = _read_tiff16(path) if path.lower().endswith((".tif", ".tiff")) else None
+  try:
+    if tiff16 is not None:
+      pixels, has_alpha, orientation, icc_profile = tiff16
+    else:
+      with Image.open(path) as img:
+        tiles = list(img.tile)
+        img.load()  # decode everything now, so a truncated file fails here; PNG eXIf may follow the data
+        orientation = img.getexif().get(0x0112, 1)
+        icc_profile = img.info.get("icc_profile")
+        pixels, has_alpha = _pixels_of(path, img, tiles)
+  except ImageReadError:
+    raise
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
+  if pixels.ndim < 2 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+    raise ImageReadError(path, f"empty image of shape {pixels.shape}")
+  color, alpha = _split_channels(apply_orientation(pixels, orientation), has_alpha)
+  return FullImage(color, alpha, icc_profile)

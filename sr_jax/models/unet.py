@@ -69,7 +69,7 @@ class UNetSR(nnx.Module):
   `feature_channels` and `feature_strides`; parameters under `encoder` are the pretrained ones."""
 
   def __init__(self, scale: int, encoder: nnx.Module, decoder_features: Sequence[int] = (256, 128, 64, 64, 32),
-               shallow_features: int = 32, *, rngs: nnx.Rngs):
+               shallow_features: int = 32, skip_norm: bool = True, *, rngs: nnx.Rngs):
     channels = tuple(encoder.feature_channels)
     if tuple(encoder.feature_strides) != (2, 4, 8, 16, 32):
       raise ValueError(f"encoder feature strides {encoder.feature_strides} != (2, 4, 8, 16, 32)")
@@ -82,6 +82,10 @@ class UNetSR(nnx.Module):
     skips = (*channels[:4][::-1], shallow_features)  # strides 16, 8, 4, 2, then 1 (shallow branch)
     widths = (channels[4], *decoder_features[:-1])
     self.decoder = nnx.List([UpBlock(w, s, d, rngs) for w, s, d in zip(widths, skips, decoder_features)])
+    # Pretrained features are large (std ~10 for EfficientNet-Lite0's BN outputs) and random ones
+    # tiny; a per-pixel LayerNorm on every skip puts both on the decoder's scale (and stays local,
+    # so tiled inference is unaffected).
+    self.skip_norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels]) if skip_norm else None
     self.shallow1 = conv3x3(3, shallow_features, rngs)
     self.shallow2 = conv3x3(shallow_features, shallow_features, rngs)
     self.upsample = PixelShuffleUp(decoder_features[-1], decoder_features[-1], scale, rngs)
@@ -93,6 +97,8 @@ class UNetSR(nnx.Module):
     padded = jnp.pad(lr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
     x = (padded - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     features = self.encoder.features(x)
+    if self.skip_norms is not None:
+      features = [norm(f) for norm, f in zip(self.skip_norms, features)]
     shallow = jax.nn.relu(self.shallow2(jax.nn.relu(self.shallow1(x))))
     skips = (*features[:4][::-1], shallow)
     y = features[4]
@@ -114,7 +120,8 @@ def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.R
   encoder = create_backbone(encoder_config.name, weights=weights, head=False, rngs=nnx.Rngs(rngs.params()),
                             frozen_bn=encoder_config.get("freeze_bn", True))
   return UNetSR(scale, encoder, decoder_features=tuple(model_config.get("decoder_features", (256, 128, 64, 64, 32))),
-                shallow_features=model_config.get("shallow_features", 32), rngs=rngs)
+                shallow_features=model_config.get("shallow_features", 32),
+                skip_norm=model_config.get("skip_norm", True), rngs=rngs)
 
 
 def encoder_param_count(model: UNetSR) -> int:
