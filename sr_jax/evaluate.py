@@ -24,20 +24,21 @@ class EvalSet:
 
 def dataset_name(spec: str) -> str:
   """'embedded:val' -> 'embedded_val'; '/data/Set5/' -> 'Set5'."""
-  if spec.startswith("embedded:"):
-    return spec.replace(":", "_")
-  return os.path.basename(os.path.normpath(spec))
+  return data.folder_name(spec)
 
 
-def load_eval_sets(dir_specs: Sequence[str], scale: int) -> list[EvalSet]:
-  """Loads each folder's HR images once, with their LR and bicubic versions."""
+def load_eval_sets(dir_specs: Sequence[str], scale: int, datasets: Sequence[str] = (),
+                   data_root: str = "") -> list[EvalSet]:
+  """Loads each eval folder's HR images once, with their LR and bicubic versions.
+
+  `dir_specs` are folders (`eval.dirs`), `datasets` named benchmark sets such as set5 or urban100
+  resolved under `data_root` (`eval.datasets`, `eval.data_root`).
+  """
   sets = []
-  for spec, path in zip(dir_specs, data.resolve_dirs(tuple(dir_specs))):
+  for name, path in data.eval_folders(tuple(dir_specs), tuple(datasets), data_root):
     images = data.load_eval_folder(path, scale)
-    if not images:
-      raise FileNotFoundError(f"eval folder {path!r} (from eval.dirs entry {spec!r}) has no readable images")
     bicubic = [np.clip(imresize(im.lr, scale), 0.0, 1.0) for im in images]
-    sets.append(EvalSet(dataset_name(spec), images, bicubic))
+    sets.append(EvalSet(name, images, bicubic))
   return sets
 
 

@@ -75,7 +75,9 @@ def make_predictor(graphdef: nnx.GraphDef) -> Callable[[TrainState], evaluate.Pr
 
   @jax.jit
   def forward(params, model_state, lr):
-    return nnx.merge(graphdef, params, model_state)(lr)
+    model = nnx.merge(graphdef, params, model_state)
+    model.eval()  # BatchNorm on running statistics, whatever training used
+    return model(lr)
 
   def bind(state: TrainState) -> evaluate.PredictFn:
     params, model_state = jax.tree.map(lambda x: x.addressable_data(0),
@@ -139,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_iter = data.create_train_iterator(
       config.data, seed=config.seed, local_batch_size=sharding.local_batch_size(config.train.batch_size),
       process_index=jax.process_index(), process_count=jax.process_count())
-  eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale) if config.eval.dirs else []
+  eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale, config.eval.datasets,
+                                      config.eval.data_root)
 
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
   start_step = 0
@@ -228,7 +231,8 @@ def _train_loop(config, workdir, mesh, predictor, state, train_step, train_iter,
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """--mode=eval: evaluates a checkpoint (config.eval.checkpoint: latest|best|STEP) on eval.dirs."""
   graphdef, state, step = train_state_lib.restore_checkpoint(config, workdir, config.eval.checkpoint)
-  eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale)
+  eval_sets = evaluate.load_eval_sets(config.eval.dirs, config.data.scale, config.eval.datasets,
+                                      config.eval.data_root)
   start = time.perf_counter()
   dataset_results = evaluate.evaluate(make_predictor(graphdef)(state), eval_sets, config.data.scale,
                                       bucket=config.eval.bucket)

@@ -73,4 +73,6 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
 
 def inference_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
   """The trained network, with the EMA weights when the run kept them."""
-  return nnx.merge(graphdef, state.get("ema_params", state["params"]), state["model_state"])
+  model = nnx.merge(graphdef, state.get("ema_params", state["params"]), state["model_state"])
+  model.eval()  # BatchNorm on running statistics
+  return model

@@ -110,15 +110,25 @@ class UNetSR(nnx.Module):
 
 
 def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> UNetSR:
-  """model.encoder.{name, weights, freeze_bn}; weights "" or None = random init (scratch)."""
+  """model.encoder.{name, weights, freeze_bn}; weights "" or None = random init (scratch).
+
+  freeze_bn None (default): BatchNorm keeps the loaded ImageNet statistics frozen with pretrained
+  weights, and trains on batch statistics from scratch (a random encoder with frozen identity
+  statistics has vanishing activations: kaiming fan-out init assumes normalisation).
+  """
   from sr_jax.backbones import create_backbone  # pylint: disable=g-import-not-at-top
 
   encoder_config = model_config.encoder
   weights = encoder_config.get("weights") or None
+  if isinstance(weights, str) and weights.lower() in ("none", "scratch"):  # --config...weights=None
+    weights = None
   # The encoder draws from its own stream, so the decoder's init is the same with or without
   # pretrained weights (the scratch twin differs only in the encoder).
+  freeze_bn = encoder_config.get("freeze_bn", None)
+  if freeze_bn is None:  # Frozen ImageNet statistics when there are any; batch statistics from scratch.
+    freeze_bn = weights is not None
   encoder = create_backbone(encoder_config.name, weights=weights, head=False, rngs=nnx.Rngs(rngs.params()),
-                            frozen_bn=encoder_config.get("freeze_bn", True))
+                            frozen_bn=freeze_bn)
   return UNetSR(scale, encoder, decoder_features=tuple(model_config.get("decoder_features", (256, 128, 64, 64, 32))),
                 shallow_features=model_config.get("shallow_features", 32),
                 skip_norm=model_config.get("skip_norm", True), rngs=rngs)
