@@ -45,12 +45,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
   """One optimisation step on a global batch; the gradient of the batch-mean loss is global."""
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["model_state"])
+    def loss_fn(params, model_state):
+      # Fresh variables (copy): BatchNorm in training mode updates them inside this trace.
+      model = nnx.merge(graphdef, params, model_state, copy=True)
       total, parts = loss(model(batch["lr"]), batch["hr"], state.get("loss_state"))
       return total, (parts, nnx.state(model, nnx.Not(nnx.Param)))
 
-    (total, (parts, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (total, (parts, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["model_state"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = dict(state, step=state["step"] + 1, params=params, model_state=model_state, opt_state=opt_state)

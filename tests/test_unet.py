@@ -149,3 +149,12 @@ def test_unet_is_registered():
   config = tiny_unet_config(None)
   model = models.create_model(config.model, 2, nnx.Rngs(0))
   assert isinstance(model, UNetSR) and model.scale == 2
+
+
+def test_scratch_encoder_trains_on_batch_statistics():
+  # No ImageNet statistics to keep: a scratch encoder's BatchNorm normalises with batch statistics
+  # (and updates its running ones); frozen identity statistics would leave it with vanishing features.
+  config = tiny_unet_config(None)
+  initial, trained = _train_states(config, 1)
+  assert all(_changed(initial["model_state"], trained["model_state"], "encoder"))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(trained["params"]))
