@@ -29,7 +29,7 @@ demo: venv
 	$(PY) launch.py --config=configs/demo.py --workdir=$(WORKDIR)
 
 test: dev-deps
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 clean:
 	rm -rf $(VENV)
