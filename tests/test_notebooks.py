@@ -1,6 +1,6 @@
 """The notebooks run top to bottom (nbclient) on the small budget of SR_JAX_NOTEBOOK_SMOKE=1.
 
-Kernels inherit this process's environment: the simulated devices of conftest.py, plus a temporary
+Kernels inherit this process's environment, with 2 simulated devices instead of 8, plus a temporary
 cache (bundled photos) and temporary workdirs (TMPDIR). Most of the run time is XLA compiling
 hundreds of small programs, so the kernels share a JAX compilation cache kept in pytest's cache
 folder (`.pytest_cache/d/`, dropped by `pytest --cache-clear`): a rerun takes about half as long.
@@ -23,6 +23,9 @@ def kernel_env(tmp_path_factory, request):
   root = tmp_path_factory.mktemp("notebooks")
   return {
       "SR_JAX_NOTEBOOK_SMOKE": "1",
+      # 2 simulated devices, not the suite's 8: a kernel holding two U-Nets with 8 replicas each
+      # needed >5 GB (the notebooks still run data-parallel, batch 8 splits over both).
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
       "SR_JAX_CACHE": str(root / "cache"),
       "TMPDIR": str(root),  # the notebooks' workdirs (tempfile.mkdtemp)
       "JAX_COMPILATION_CACHE_DIR": str(request.config.cache.mkdir("jax_compilation_cache")),
