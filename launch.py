@@ -8,6 +8,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from sr_jax import sharding
 from sr_jax import train
 
 FLAGS = flags.FLAGS
@@ -15,6 +16,8 @@ config_flags.DEFINE_config_file("config", None, "Path to an ml-collections confi
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (resumes from it).")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes automatically) or eval a checkpoint.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+flags.DEFINE_integer("cpu_devices", -1, "On CPU: JAX devices to train data-parallel over; -1 = one per core "
+                     "(as many as split the batch evenly), 0 = JAX's default (1). No effect on GPU/TPU.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,6 +30,9 @@ def _hide_library_info_logs() -> None:
 def main(argv):
   del argv
   _hide_library_info_logs()
+  if FLAGS.cpu_devices and not FLAGS.distributed:  # before JAX starts its backends
+    sharding.use_every_cpu_core(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices,
+                                batch_size=FLAGS.config.train.batch_size)
   if FLAGS.distributed:
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),

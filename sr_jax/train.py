@@ -1,7 +1,8 @@
 """The training loop: data -> jitted data-parallel step -> logs, evaluation, orbax checkpoints.
 
-The train state is a plain dict pytree (step, params, model_state, opt_state, rng[, ema_params]),
-replicated over a ("data",) mesh of every device of every host; batches are split over it.
+The train state is a plain dict pytree (step, params, model_state, opt_state, rng[, ema_params]) on a
+("data",) mesh of every device of every host; batches are split over it. Params are replicated; the
+optimiser state and EMA weights are split over the mesh (ZeRO-1, `sharding.state_shardings`).
 """
 
 import json
@@ -40,9 +41,16 @@ def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ema_decay: float, loss: losses.Loss = losses.Loss(l1_weight=1.0)
+                    ema_decay: float, loss: losses.Loss = losses.Loss(l1_weight=1.0),
+                    mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """One optimisation step on a global batch; the gradient of the batch-mean loss is global."""
+  """One optimisation step on a global batch; the gradient of the batch-mean loss is global.
+
+  With `mesh` (the state laid out by `sharding.state_shardings`), the update is ZeRO-1 style: the
+  gradients are consumed split over the mesh (`sharding.split_shardings`), so each device runs
+  grad clipping, AdamW and the EMA on its slice only, and the new params are gathered back to
+  replicated for the next forward. Same numbers as without `mesh`, up to float reassociation.
+  """
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     def loss_fn(params, model_state):
@@ -53,13 +61,21 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
     (total, (parts, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["model_state"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new_state = dict(state, step=state["step"] + 1, params=params, model_state=model_state, opt_state=opt_state)
+    params = state["params"]
+    if mesh is not None:  # Each device: its slice of the grads (after the batch mean) and of the params.
+      split = sharding.split_shardings(params, mesh)
+      grads = jax.lax.with_sharding_constraint(grads, split)
+      params = jax.lax.with_sharding_constraint(params, split)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    new_state = dict(state, step=state["step"] + 1, model_state=model_state, opt_state=opt_state)
     if "ema_params" in state:
       decay = ema_decay_at(state["step"].astype(jnp.float32), ema_decay)
       new_state["ema_params"] = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                                              state["ema_params"], params)
+    if mesh is not None:  # All-gathered: the next forward needs the whole params on every device.
+      params = jax.lax.with_sharding_constraint(params, jax.tree.map(lambda _: sharding.replicated(mesh), params))
+    new_state["params"] = params
     grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
     step_metrics = {"loss": total, **{f"loss_{k}": v for k, v in parts.items()}, "grad_norm": grad_norm,
                     "learning_rate": schedule(state["step"])}
@@ -82,8 +98,8 @@ def make_predictor(graphdef: nnx.GraphDef) -> Callable[[TrainState], evaluate.Pr
     return model(lr)
 
   def bind(state: TrainState) -> evaluate.PredictFn:
-    params, model_state = jax.tree.map(lambda x: x.addressable_data(0),
-                                       (state.get("ema_params", state["params"]), state["model_state"]))
+    # On one local device; the EMA weights may be split over the mesh (sharding.state_shardings).
+    params, model_state = sharding.on_one_device((state.get("ema_params", state["params"]), state["model_state"]))
     return lambda lr: np.asarray(forward(params, model_state, jnp.asarray(lr)[None]))[0]
 
   return bind
@@ -139,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   schedule, tx = optim.from_config(config)
   loss, loss_state = losses.create_loss(config.get("loss"))
   graphdef, state = train_state_lib.create_train_state(config, tx, loss_state)
-  state = sharding.replicate(state, mesh)
+  state = sharding.place_state(state, mesh)  # ZeRO-1: opt_state and ema_params split, the rest replicated
   train_iter = data.create_train_iterator(
       config.data, seed=config.seed, local_batch_size=sharding.local_batch_size(config.train.batch_size),
       process_index=jax.process_index(), process_count=jax.process_count())
@@ -155,8 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = train_logging.MetricWriter(workdir, enabled=is_main, truncate_after_step=start_step)
 
   replicated = sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss),
-                       donate_argnums=(0,), out_shardings=(replicated, replicated))
+  train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh),
+                       donate_argnums=(0,), out_shardings=(sharding.state_shardings(state, mesh), replicated))
   predictor = make_predictor(graphdef)
   if eval_sets and start_step == 0 and config.train.get("eval_at_start", False):
     _evaluate_at_start(predictor(state), eval_sets, config, workdir, writer, is_main)

@@ -57,11 +57,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str | int = "latest"
                        ) -> tuple[nnx.GraphDef, TrainState, int]:
-  """Restores the replicated train state of checkpoint `which` (latest|best|STEP) in `workdir`."""
+  """Restores the train state of checkpoint `which` (latest|best|STEP) in `workdir`.
+
+  Laid out as training lays it out (`sharding.state_shardings`: params replicated, opt_state and
+  ema_params split over the mesh), whatever layout or device count the checkpoint was saved with.
+  """
   mesh = sharding.create_mesh()
   _, loss_state = losses.create_loss(config.get("loss"))
   graphdef, state = create_train_state(config, optim.from_config(config)[1], loss_state)
-  state = sharding.replicate(state, mesh)
+  state = sharding.place_state(state, mesh)
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
   try:
     step = checkpointing.resolve_step(manager, which)
@@ -73,6 +77,8 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
 
 def inference_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
   """The trained network, with the EMA weights when the run kept them."""
-  model = nnx.merge(graphdef, state.get("ema_params", state["params"]), state["model_state"])
+  # Replicated, as the params: the EMA weights are split over the mesh in the train state.
+  weights = sharding.gather_replicated(state.get("ema_params", state["params"]))
+  model = nnx.merge(graphdef, weights, state["model_state"])
   model.eval()  # BatchNorm on running statistics
   return model

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sr_jax.conv import Conv
+
 __all__ = ["EfficientNetLite", "MBConvBlock", "LITE0_STAGES", "efficientnet_lite0"]
 
 # (repeats, kernel, stride, expand_ratio, in_channels, out_channels) for lite0 (no scaling).
@@ -40,8 +42,8 @@ _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *,
           rngs: nnx.Rngs) -> nnx.Conv:
-  return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding="SAME",
-                  feature_group_count=groups, use_bias=False, kernel_init=_conv_init, rngs=rngs)
+  return Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding="SAME",
+              feature_group_count=groups, use_bias=False, kernel_init=_conv_init, rngs=rngs)
 
 
 def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sr_jax.conv import Conv
+
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "RESNET_CONFIGS", "resnet"]
 
 # torchvision's init: kaiming normal (fan_out) convs; PyTorch's default Linear init.
@@ -23,8 +25,8 @@ _linear_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifor
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
   pad = kernel // 2  # torchvision pads symmetrically (not TF "SAME")
-  return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                  use_bias=False, kernel_init=_conv_init, rngs=rngs)
+  return Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+              use_bias=False, kernel_init=_conv_init, rngs=rngs)
 
 
 def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -107,8 +109,8 @@ class ResNet(nnx.Module):
 
   def __init__(self, block: type[nnx.Module], layers: Sequence[int], *, num_classes: int = 1000,
                head: bool = True, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(3, 64, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
-                          kernel_init=_conv_init, rngs=rngs)
+    self.conv1 = Conv(3, 64, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
+                      kernel_init=_conv_init, rngs=rngs)
     self.bn1 = _bn(64, rngs)
     in_ch = 64
     for index, (count, channels) in enumerate(zip(layers, (64, 128, 256, 512))):

@@ -9,14 +9,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sr_jax.conv import Conv
 from sr_jax.models.layers import pixel_shuffle
 
 # DIV2K RGB mean, as in BasicSR's EDSR (img_range 255).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Conv:
-  return nnx.Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs)
+def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
+  return Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
 
 
 class ResidualBlockNoBN(nnx.Module):
@@ -69,7 +70,7 @@ class EDSR(nnx.Module):
     self.upsample = Upsample(scale, num_features, rngs)
     # Zero-initialised with a bicubic residual, so training starts from bicubic's output.
     kernel_init = nnx.initializers.zeros_init() if bicubic_residual else nnx.initializers.lecun_normal()
-    self.conv_last = nnx.Conv(num_features, 3, (3, 3), padding="SAME", kernel_init=kernel_init, rngs=rngs)
+    self.conv_last = conv3x3(num_features, 3, rngs, kernel_init=kernel_init)
 
   def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
     mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)

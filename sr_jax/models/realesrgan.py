@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sr_jax.conv import Conv
 from sr_jax.models.layers import pixel_shuffle, pixel_unshuffle
 
 # BasicSR's `default_init_weights(..., scale=0.1)`: Kaiming-normal (fan-in, gain sqrt(2)) times 0.1,
@@ -21,7 +22,7 @@ _RDB_KERNEL_INIT = nnx.initializers.variance_scaling(2.0 * 0.1**2, "fan_in", "no
 
 def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, kernel_init=None) -> nnx.Conv:
   kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
-  return nnx.Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
+  return Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
 
 
 def upsample_nearest(x: jnp.ndarray, factor: int) -> jnp.ndarray:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sr_jax.conv import Conv
 from sr_jax.models.edsr import bicubic_upsample
 from sr_jax.models.layers import pixel_shuffle
 
@@ -37,7 +38,7 @@ def icnr_init(scale: int, base_init=nnx.initializers.kaiming_normal()):
 
 
 def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
-  return nnx.Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
+  return Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
 
 
 class PixelShuffleUp(nnx.Module):

@@ -1,0 +1,83 @@
+"""What each benchmark row runs: a config from configs/ plus the few keys the benchmark fixes.
+
+Imports ml_collections and configs only (no jax, no torch), so the parent process and both
+framework workers read the same settings.
+"""
+
+import dataclasses
+import importlib
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  config: str  # module under configs/
+  overrides: dict  # dotted config key -> value
+  infer_size: int  # LR side of the inference image
+  note: str
+
+
+# Random weights everywhere ("" = no pretrained file): speed does not depend on the values, and
+# nothing has to be read or downloaded. Every model trains all its parameters (no frozen encoder);
+# the U-Nets keep the fine-tuning recipe's frozen BatchNorm statistics (freeze_bn=True), as with
+# pretrained weights.
+SPECS = {
+    "edsr_baseline": Spec("default", {"data.patch_size": 48, "train.batch_size": 16}, 256,
+                          "EDSR-baseline x4 (16 blocks, 64 ch); batch 16 x 48x48 LR"),
+    "unet_resnet34": Spec("unet_resnet34_x4", {"model.encoder.weights": "", "model.encoder.freeze_bn": True,
+                                               "train.freeze_encoder_steps": 0,
+                                               "data.patch_size": 64, "train.batch_size": 16}, 256,
+                          "U-Net x4, ResNet-34 encoder; batch 16 x 64x64 LR (encoder stride 32)"),
+    "unet_effnetlite0": Spec("unet_effnetlite0_x4", {"model.encoder.weights": "", "model.encoder.freeze_bn": True,
+                                                     "train.freeze_encoder_steps": 0,
+                                                     "data.patch_size": 64, "train.batch_size": 16}, 256,
+                             "U-Net x4, EfficientNet-Lite0 encoder; batch 16 x 64x64 LR (encoder stride 32)"),
+    "realesrgan_compact": Spec("finetune_realesrgan_compact_x4", {"model.pretrained": "", "data.patch_size": 48,
+                                                                  "train.batch_size": 16}, 256,
+                               "SRVGGNetCompact x4 (16 convs, 64 ch, PReLU); batch 16 x 48x48 LR"),
+    "rrdbnet": Spec("finetune_realesrgan_x4plus", {"model.pretrained": "", "data.patch_size": 24,
+                                                   "train.batch_size": 4}, 64,
+                    "RRDBNet x4 (23 RRDB, RealESRGAN_x4plus); small sizes: batch 4 x 24x24 LR, "
+                    "inference 64x64 (it is ~9x EDSR-baseline's compute per pixel)"),
+    # For tests and quick checks only (not in the default list).
+    "edsr_tiny": Spec("default", {"model.num_features": 8, "model.num_blocks": 1, "data.scale": 2,
+                                  "data.patch_size": 8, "train.batch_size": 4}, 16, "EDSR x2, 1 block, 8 ch"),
+}
+DEFAULT_MODELS = ("edsr_baseline", "unet_resnet34", "unet_effnetlite0", "realesrgan_compact", "rrdbnet")
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+
+
+def config_for(model: str) -> ml_collections.ConfigDict:
+  """The full sr_jax config of benchmark row `model`."""
+  if model not in SPECS:
+    raise ValueError(f"unknown benchmark model {model!r}; known: {sorted(SPECS)}")
+  spec = SPECS[model]
+  config = importlib.import_module(f"configs.{spec.config}").get_config()
+  for key, value in spec.overrides.items():
+    _set(config, key, value)
+  return config
+
+
+def torch_settings(model: str) -> dict:
+  """Plain-data settings the PyTorch side needs to build the same network and step."""
+  config = config_for(model)
+  if config.get("loss") and config.loss.get("feature_weight"):
+    raise ValueError(f"{model}: the PyTorch reference step has an L1 loss only")
+  return {"arch": config.model.name, "model": config.model.to_dict(), "scale": config.data.scale,
+          "batch_size": config.train.batch_size, "patch_size": config.data.patch_size,
+          "infer_size": SPECS[model].infer_size, "learning_rate": config.optim.learning_rate,
+          "b1": config.optim.b1, "b2": config.optim.b2, "weight_decay": config.optim.weight_decay,
+          "grad_clip_norm": config.optim.grad_clip_norm, "ema_decay": config.train.ema_decay,
+          "encoder_lr_mult": config.optim.get("encoder_lr_mult", 1.0)}
