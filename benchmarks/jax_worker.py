@@ -7,8 +7,8 @@ optim.from_config -> train_state.create_train_state -> sharding.place_state on t
 (params replicated, optimiser state and EMA split) -> jax.jit(make_train_step(..., mesh=mesh),
 donate_argnums=0, out_shardings=sharding.state_shardings)), on a fixed random batch
 split over the mesh. Infer: one LR image in, the SR image back on the host, through the network's
-forward jitted with the image rows split over every local device (sr_jax.sharding.jit_over_image_rows;
---infer_over=device: on one device, as sr_jax.tiling.make_tile_fn).
+forward jitted with the image rows split over every local device (sr_jax.sharding.jit_over_image_rows,
+as sr_jax.tiling.make_tile_fn does; --infer_over=device: on one device).
 """
 
 import argparse
@@ -181,7 +181,7 @@ def _setup_infer(model: str) -> dict:
   if _OPTIONS["infer_over"] == "rows" and sharding.rows_split_evenly(size, mesh):
     forward_jit, lr_sharding = sharding.jit_over_image_rows(forward, mesh), sharding.image_rows(mesh)
     params, devices = sharding.replicate(params, mesh), mesh.devices.size
-  else:  # One device, as sr_jax.tiling.make_tile_fn.
+  else:  # One device.
     forward_jit, lr_sharding, devices = jax.jit(forward), jax.local_devices()[0], 1
     params = jax.device_put(params, lr_sharding)
   start = time.perf_counter()

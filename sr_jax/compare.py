@@ -18,6 +18,7 @@ import numpy as np
 
 from sr_jax import figures
 from sr_jax import metrics
+from sr_jax import sharding
 from sr_jax import tiling
 from sr_jax import upscale
 from sr_jax.data import image_io
@@ -123,4 +124,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  sharding.use_every_cpu_core()  # CPU: windows' rows split over the cores (see tiling.make_tile_fn)
   sys.exit(main())

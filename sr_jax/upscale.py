@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from sr_jax import sharding
 from sr_jax import tiling
 from sr_jax.data import image_io
 
@@ -330,4 +331,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  sharding.use_every_cpu_core()  # CPU: windows' rows split over the cores (see tiling.make_tile_fn)
   sys.exit(main())

@@ -141,3 +141,17 @@ def test_eval_buckets_bound_compiles_and_crop_back():
   assert sorted(set(traces)) == [(1, 16, 16, 3), (1, 32, 16, 3)]
   lr = rng.random((16, 32, 3)).astype(np.float32)  # already a bucket: untouched
   np.testing.assert_allclose(predict(lr), untiled(model, lr), atol=1e-6)
+
+
+def test_tile_fn_splits_window_rows_over_local_devices():
+  """8 test devices: a 16-row window runs as 8 bands of 2 rows (halos exchanged by XLA), a 13-row
+  one on one device; both equal the one-device forward."""
+  assert jax.local_device_count() == 8  # tests/conftest.py
+  model = tiny_edsr(2)
+  one_device = tiling.make_tile_fn(model, jax.local_devices()[0])
+  split = tiling.make_tile_fn(model)
+  for height in (16, 13):
+    lr = np.random.default_rng(height).random((1, height, 12, 3)).astype(np.float32)
+    out = split(lr)
+    assert len(out.sharding.device_set) == (8 if height == 16 else 1)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(one_device(lr)), atol=1e-6, rtol=0)
