@@ -36,6 +36,10 @@ import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
 import specs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def _cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="output folder")
@@ -46,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--min_repeat_s", type=float, default=1.0, help="each repeat runs at least ~this long")
   parser.add_argument("--max_iters", type=int, default=50,
                       help="at most this many calls per repeat (raise it on a GPU, where a call takes ms)")
-  parser.add_argument("--cpu_devices", type=int, default=len(os.sched_getaffinity(0)),
+  parser.add_argument("--cpu_devices", type=int, default=_cores(),
                       help="JAX CPU devices (default: one per core; 0 = JAX's default of 1)")
   parser.add_argument("--conv_grad", choices=("sr_jax", "all", "xla", "tiny", "everywhere",
                                               "tiny_everywhere", "depthwise_everywhere"), default="sr_jax",
@@ -223,7 +227,7 @@ def main(argv=None) -> list[dict]:
   jax_worker, torch_workers = start_workers(args)
   header = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
-            "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "matmul_sizes": args.matmul_sizes,
+            "cpu": cpu_name(), "cores": _cores(), "matmul_sizes": args.matmul_sizes,
             "load_start": os.getloadavg()[0]}
   rows = []
 

@@ -15,6 +15,20 @@ import numpy as np
 DATA_AXIS = "data"
 
 
+def available_cores() -> int:
+  """The CPU cores this process may run on (all cores where the OS cannot say, e.g. macOS)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def cpu_device_count(cores: int, batch_size: int | None = None) -> int:
+  """The largest device count up to `cores` that splits `batch_size` evenly (`cores` without one)."""
+  if not batch_size:
+    return cores
+  return max(n for n in range(1, cores + 1) if batch_size % n == 0)
+
+
 def use_every_cpu_core(num_devices: int | None = None, batch_size: int | None = None) -> int:
   """One JAX CPU device per core (or `num_devices`); call before any JAX computation.
 
@@ -26,9 +40,7 @@ def use_every_cpu_core(num_devices: int | None = None, batch_size: int | None = 
   """
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return 0
-  count = num_devices or len(os.sched_getaffinity(0))
-  if batch_size:
-    count = max(n for n in range(1, count + 1) if batch_size % n == 0)
+  count = cpu_device_count(num_devices or available_cores(), batch_size)
   jax.config.update("jax_num_cpu_devices", count)  # Raises if JAX's backends have already started.
   return count
 

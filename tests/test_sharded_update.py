@@ -150,3 +150,13 @@ def test_train_and_evaluate_resumes_split_state_exactly(tmp_path, split_everythi
   assert logged == [3, 4], "did not resume from step 2"
   for a, b in zip(jax.tree.leaves(jax.device_get(final)), jax.tree.leaves(jax.device_get(again))):
     np.testing.assert_array_equal(b, a)
+
+
+def test_cpu_device_count_splits_the_batch_evenly():
+  assert sharding.cpu_device_count(2, 8) == 2
+  assert sharding.cpu_device_count(6, 16) == 4
+  assert sharding.cpu_device_count(4, 6) == 3
+  assert sharding.cpu_device_count(3) == 3
+  assert sharding.available_cores() >= 1
+  # The tests force 8 simulated devices through XLA_FLAGS (conftest.py): that wins, nothing is set.
+  assert sharding.use_every_cpu_core() == 0
