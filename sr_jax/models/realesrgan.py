@@ -116,7 +116,9 @@ class PReLU(nnx.Module):
     self.slope = nnx.Param(jnp.full((num_channels,), 0.25, jnp.float32))
 
   def __call__(self, x):
-    return jnp.where(x >= 0, x, x * self.slope[...])
+    # = jnp.where(x >= 0, x, x * slope), with x once as a factor: its backward is one multiply (not
+    # two selects and an add). Compact net's CPU train step: ~9% faster (benchmarks/RESULTS.md).
+    return x * jnp.where(x >= 0, 1.0, self.slope[...])
 
 
 class ReLU(nnx.Module):
