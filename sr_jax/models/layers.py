@@ -1,8 +1,6 @@
-"""Layers shared by the SR networks: pixel (un)shuffle (the fast conv lives in sr_jax.conv)."""
+"""Layers shared by the SR networks: pixel (un)shuffle (convolutions: sr_jax.conv)."""
 
 import jax.numpy as jnp
-
-from sr_jax.conv import Conv, conv_general_dilated  # pylint: disable=unused-import  (re-exported)
 
 
 def pixel_shuffle(x: jnp.ndarray, scale: int) -> jnp.ndarray:
