@@ -17,9 +17,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
-import run  # pylint: disable=g-import-not-at-top,wrong-import-position
-import specs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import protocol
+import run
+import specs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,12 +41,17 @@ def start(variants: str, torch_formats: str) -> list[protocol.Worker]:
     worker_args, _, xla_flags = rest.partition("|")
     argv = worker_args.split()
     devices = next((int(a.split("=")[1]) for a in argv if a.startswith("--cpu_devices=")), 0)
-    env = run._jax_env(devices)  # pylint: disable=protected-access
+    env = run._jax_env(devices)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     workers.append(protocol.Worker(name, os.path.join(HERE, "jax_worker.py"), argv, env))
   for memory_format in filter(None, torch_formats.split(",")):
-    workers.append(protocol.Worker(f"torch:{memory_format}", os.path.join(HERE, "torch_worker.py"),
-                                   [f"--memory_format={memory_format}"]))
+    workers.append(
+      protocol.Worker(
+        f"torch:{memory_format}",
+        os.path.join(HERE, "torch_worker.py"),
+        [f"--memory_format={memory_format}"],
+      )
+    )
   return workers
 
 
@@ -58,25 +63,43 @@ def ablate(model: str, task: str, workers: list[protocol.Worker], args) -> dict:
       infos.append(worker.call("setup", settings=specs.torch_settings(model), task=task))
     else:
       infos.append(worker.call("setup", model=model, task=task))
-  iters = [run._iters(info["warmup_s"], args.min_repeat_s) for info in infos]  # pylint: disable=protected-access
+  iters = [run._iters(info["warmup_s"], args.min_repeat_s) for info in infos]
   seconds = run.time_interleaved(workers, iters, args.repeats)
   memory = [w.call("teardown") for w in workers]
-  return {"model": model, "task": task, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0],
-          "variants": {w.name: {"median_s": statistics.median(s), "min_s": min(s), "seconds": s,
-                                "compile_s": info.get("compile_s"), "flops": info.get("flops"),
-                                "peak_rss_mb": m["peak_rss_mb"]}
-                       for w, s, info, m in zip(workers, seconds, infos, memory)}}
+  return {
+    "model": model,
+    "task": task,
+    "load_avg_start": load_start,
+    "load_avg_end": os.getloadavg()[0],
+    "variants": {
+      w.name: {
+        "median_s": statistics.median(s),
+        "min_s": min(s),
+        "seconds": s,
+        "compile_s": info.get("compile_s"),
+        "flops": info.get("flops"),
+        "peak_rss_mb": m["peak_rss_mb"],
+      }
+      for w, s, info, m in zip(workers, seconds, infos, memory)
+    },
+  }
 
 
 def markdown(results: list[dict]) -> str:
   lines = []
   for r in results:
     first = next(iter(r["variants"].values()))["median_s"]
-    lines += [f"### {r['model']} {r['task']} (load {r['load_avg_start']:.1f}–{r['load_avg_end']:.1f})", "",
-              "| variant | median s | min s | vs first | compile s | peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines += [
+      f"### {r['model']} {r['task']} (load {r['load_avg_start']:.1f}–{r['load_avg_end']:.1f})",
+      "",
+      "| variant | median s | min s | vs first | compile s | peak RSS MB |",
+      "|---|---|---|---|---|---|",
+    ]
     for name, v in r["variants"].items():
-      lines.append(f"| {name} | {v['median_s']:.3f} | {v['min_s']:.3f} | {first / v['median_s']:.2f}x | "
-                   f"{run._fmt(v['compile_s'], '.1f')} | {run._fmt(v['peak_rss_mb'], '.0f')} |")  # pylint: disable=protected-access
+      lines.append(
+        f"| {name} | {v['median_s']:.3f} | {v['min_s']:.3f} | {first / v['median_s']:.2f}x | "
+        f"{run._fmt(v['compile_s'], '.1f')} | {run._fmt(v['peak_rss_mb'], '.0f')} |"
+      )
     lines.append("")
   return "\n".join(lines)
 

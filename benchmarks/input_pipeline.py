@@ -16,14 +16,13 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import data  # pylint: disable=wrong-import-position
-from sr_jax.data import prepare  # pylint: disable=wrong-import-position
+from configs import default
+from sr_jax import data
+from sr_jax.data import prepare
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 16, "Batch size (examples per step).")
@@ -47,14 +46,16 @@ def pipeline_examples_per_sec(config) -> float:
 
 def train_step_examples_per_sec() -> tuple[float, float, str]:
   """(examples/s, s/step, devices) of the EDSR-baseline step on a fixed batch."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
 
-  from sr_jax import losses  # pylint: disable=g-import-not-at-top
-  from sr_jax import optim  # pylint: disable=g-import-not-at-top
-  from sr_jax import sharding  # pylint: disable=g-import-not-at-top
-  from sr_jax import train  # pylint: disable=g-import-not-at-top
-  from sr_jax import train_state  # pylint: disable=g-import-not-at-top
+  from sr_jax import (
+    losses,
+    optim,
+    sharding,
+    train,
+    train_state,
+  )
 
   config = default.get_config()
   config.data.scale, config.data.patch_size = FLAGS.scale, FLAGS.patch_size
@@ -64,12 +65,17 @@ def train_step_examples_per_sec() -> tuple[float, float, str]:
   loss, loss_state = losses.create_loss(config.loss)
   graphdef, state = train_state.create_train_state(config, tx, loss_state)
   state = sharding.replicate(state, mesh)
-  step = jax.jit(train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss),
-                 donate_argnums=(0,))
+  step = jax.jit(
+    train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss), donate_argnums=(0,)
+  )
   rng = np.random.default_rng(0)
   side = FLAGS.patch_size
-  local = {"lr": rng.random((FLAGS.batch_size, side, side, 3), dtype=np.float32),
-           "hr": rng.random((FLAGS.batch_size, side * FLAGS.scale, side * FLAGS.scale, 3), dtype=np.float32)}
+  local = {
+    "lr": rng.random((FLAGS.batch_size, side, side, 3), dtype=np.float32),
+    "hr": rng.random(
+      (FLAGS.batch_size, side * FLAGS.scale, side * FLAGS.scale, 3), dtype=np.float32
+    ),
+  }
   batch = sharding.global_batch(local, mesh)
   state, metrics = step(state, batch)  # compile
   jax.block_until_ready(metrics)
@@ -84,34 +90,63 @@ def train_step_examples_per_sec() -> tuple[float, float, str]:
 
 def main(argv):
   del argv
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+
   tfds.disable_progress_bar()
   base = data.default_config()
-  base.update({"train_dirs": (FLAGS.train_dir,), "scale": FLAGS.scale, "patch_size": FLAGS.patch_size,
-               "num_threads": FLAGS.num_threads})
+  base.update(
+    {
+      "train_dirs": (FLAGS.train_dir,),
+      "scale": FLAGS.scale,
+      "patch_size": FLAGS.patch_size,
+      "num_threads": FLAGS.num_threads,
+    }
+  )
   rows = []
   with tempfile.TemporaryDirectory() as tfds_dir:
     hr_dir = data.resolve_dirs((FLAGS.train_dir,))[0]
     start = time.perf_counter()
     for encoding in prepare.ENCODINGS:
-      counts = prepare.prepare(f"bench_{encoding}", tfds_dir, hr_dir, encoding=encoding,
-                               options=prepare.SubImageOptions(crop_size=FLAGS.crop_size))
-      print(f"prepared {counts['train']['examples']} {encoding} sub-images of "
-            f"{counts['train']['files']} files in {time.perf_counter() - start:.1f} s")
+      counts = prepare.prepare(
+        f"bench_{encoding}",
+        tfds_dir,
+        hr_dir,
+        encoding=encoding,
+        options=prepare.SubImageOptions(crop_size=FLAGS.crop_size),
+      )
+      print(
+        f"prepared {counts['train']['examples']} {encoding} sub-images of "
+        f"{counts['train']['files']} files in {time.perf_counter() - start:.1f} s"
+      )
       start = time.perf_counter()
-    variants = (("folder", "bicubic", "memory"), ("folder", "realesrgan", "memory"),
-                ("folder", "bicubic", "files"), ("tfds", "bicubic", "png"), ("tfds", "bicubic", "raw"),
-                ("tfds", "realesrgan", "raw"))
+    variants = (
+      ("folder", "bicubic", "memory"),
+      ("folder", "realesrgan", "memory"),
+      ("folder", "bicubic", "files"),
+      ("tfds", "bicubic", "png"),
+      ("tfds", "bicubic", "raw"),
+      ("tfds", "realesrgan", "raw"),
+    )
     for source, degradation, storage in variants:
       config = base.copy_and_resolve_references()
-      config.update({"source": source, "degradation": degradation, "tfds_name": f"bench_{storage}",
-                     "tfds_data_dir": tfds_dir, "cache_max_mb": 0 if storage == "files" else 2048})
-      name = {"memory": "folder (decoded images in memory)",
-              "files": "folder (whole files decoded per example)"}.get(
-                  storage, f"tfds ({FLAGS.crop_size} px sub-images, {storage})")
+      config.update(
+        {
+          "source": source,
+          "degradation": degradation,
+          "tfds_name": f"bench_{storage}",
+          "tfds_data_dir": tfds_dir,
+          "cache_max_mb": 0 if storage == "files" else 2048,
+        }
+      )
+      name = {
+        "memory": "folder (decoded images in memory)",
+        "files": "folder (whole files decoded per example)",
+      }.get(storage, f"tfds ({FLAGS.crop_size} px sub-images, {storage})")
       rows.append((f"pipeline: {name} + {degradation}", pipeline_examples_per_sec(config)))
-  print(f"\nbatch {FLAGS.batch_size}, LR {FLAGS.patch_size}x{FLAGS.patch_size}, x{FLAGS.scale}, "
-        f"num_threads={FLAGS.num_threads}, {os.cpu_count()} CPU cores")
+  print(
+    f"\nbatch {FLAGS.batch_size}, LR {FLAGS.patch_size}x{FLAGS.patch_size}, x{FLAGS.scale}, "
+    f"num_threads={FLAGS.num_threads}, {os.cpu_count()} CPU cores"
+  )
   print("| what | examples/s |\n|---|---|")
   for name, rate in rows:
     print(f"| {name} | {rate:.1f} |")

@@ -20,21 +20,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax import lax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flax import nnx
+import jax
+from jax import lax
+import numpy as np
+import protocol
+import specs
 
-import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
-import specs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sr_jax import (
+  conv,
+  losses,
+  models,
+  optim,
+  sharding,
+  train,
+)
+from sr_jax import train_state as train_state_lib
 
 _current = {}  # the model under test: its timer and compiled program
 _OPTIONS = {"infer_over": "rows"}  # set from the command line
@@ -80,7 +81,7 @@ def _flops(jitted, *args) -> float | None:
 def _temp_mb(compiled) -> float | None:
   try:
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None
 
 
@@ -93,13 +94,22 @@ def _device_peak_mb() -> float | None:
 
 def describe() -> dict:
   devices = jax.devices()
-  info = {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "device_count": len(devices),
-          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  info = {
+    "platform": devices[0].platform,
+    "device_kind": devices[0].device_kind,
+    "device_count": len(devices),
+    "jax": jax.__version__,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
   if devices[0].platform != "cpu":
-    import flax  # pylint: disable=g-import-not-at-top
+    import flax
+
     # XLA:GPU's default precision: float32 convolutions and matmuls on TF32 tensor cores (Ampere+).
-    info.update(flax=flax.__version__, default_matmul_precision=str(jax.config.jax_default_matmul_precision),
-                preallocate=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true"))
+    info.update(
+      flax=flax.__version__,
+      default_matmul_precision=str(jax.config.jax_default_matmul_precision),
+      preallocate=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true"),
+    )
   return info
 
 
@@ -141,12 +151,17 @@ def _setup_train(model: str) -> dict:
   state = sharding.place_state(state, mesh)  # as train_and_evaluate: ZeRO-1 layout
   rng = np.random.default_rng(0)
   batch_size, patch, scale = config.train.batch_size, config.data.patch_size, config.data.scale
-  local = {"lr": rng.random((batch_size, patch, patch, 3), np.float32),
-           "hr": rng.random((batch_size, patch * scale, patch * scale, 3), np.float32)}
+  local = {
+    "lr": rng.random((batch_size, patch, patch, 3), np.float32),
+    "hr": rng.random((batch_size, patch * scale, patch * scale, 3), np.float32),
+  }
   batch = sharding.global_batch(local, mesh)
   replicated = sharding.replicated(mesh)
-  step = jax.jit(train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh),
-                 donate_argnums=(0,), out_shardings=(sharding.state_shardings(state, mesh), replicated))
+  step = jax.jit(
+    train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh),
+    donate_argnums=(0,),
+    out_shardings=(sharding.state_shardings(state, mesh), replicated),
+  )
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -156,14 +171,26 @@ def _setup_train(model: str) -> dict:
   def run_once():
     holder["state"], holder["metrics"] = compiled(holder["state"], batch)
 
-  lax_graphdef = _lax_conv_graphdef(graphdef, state["params"], state["model_state"], filters=(nnx.Param, ...))
-  flops = _flops(jax.jit(train.make_train_step(lax_graphdef, tx, schedule, config.train.ema_decay, loss)),
-                 state, batch)
+  lax_graphdef = _lax_conv_graphdef(
+    graphdef, state["params"], state["model_state"], filters=(nnx.Param, ...)
+  )
+  flops = _flops(
+    jax.jit(train.make_train_step(lax_graphdef, tx, schedule, config.train.ema_decay, loss)),
+    state,
+    batch,
+  )
   timer = protocol.repeat_timer(run_once, lambda: jax.block_until_ready(holder["state"]))
   _current.update(timer=timer, holder=holder)
-  return {"compile_s": compile_s, "flops": flops, "params": num_params,
-          "xla_temp_mb": _temp_mb(compiled), "batch_size": batch_size, "lr_size": patch, "scale": scale,
-          "devices": len(mesh.devices.flat)}
+  return {
+    "compile_s": compile_s,
+    "flops": flops,
+    "params": num_params,
+    "xla_temp_mb": _temp_mb(compiled),
+    "batch_size": batch_size,
+    "lr_size": patch,
+    "scale": scale,
+    "devices": len(mesh.devices.flat),
+  }
 
 
 def _setup_infer(model: str) -> dict:
@@ -179,7 +206,10 @@ def _setup_infer(model: str) -> dict:
 
   mesh = sharding.create_mesh(jax.local_devices())
   if _OPTIONS["infer_over"] == "rows" and sharding.rows_split_evenly(size, mesh):
-    forward_jit, lr_sharding = sharding.jit_over_image_rows(forward, mesh), sharding.image_rows(mesh)
+    forward_jit, lr_sharding = (
+      sharding.jit_over_image_rows(forward, mesh),
+      sharding.image_rows(mesh),
+    )
     params, devices = sharding.replicate(params, mesh), mesh.devices.size
   else:  # One device.
     forward_jit, lr_sharding, devices = jax.jit(forward), jax.local_devices()[0], 1
@@ -194,11 +224,23 @@ def _setup_infer(model: str) -> dict:
     holder["sr"] = np.asarray(compiled(params, jax.device_put(lr, lr_sharding)))
 
   lax_graphdef = _lax_conv_graphdef(graphdef, params)
-  flops = _flops(jax.jit(lambda params, lr: nnx.merge(lax_graphdef, params)(lr)), params, jax.device_put(lr, lr_sharding))
+  flops = _flops(
+    jax.jit(lambda params, lr: nnx.merge(lax_graphdef, params)(lr)),
+    params,
+    jax.device_put(lr, lr_sharding),
+  )
   timer = protocol.repeat_timer(run_once, lambda: None)
   _current.update(timer=timer, holder=holder)
-  return {"compile_s": compile_s, "flops": flops, "params": num_params,
-          "xla_temp_mb": _temp_mb(compiled), "batch_size": 1, "lr_size": size, "scale": scale, "devices": devices}
+  return {
+    "compile_s": compile_s,
+    "flops": flops,
+    "params": num_params,
+    "xla_temp_mb": _temp_mb(compiled),
+    "batch_size": 1,
+    "lr_size": size,
+    "scale": scale,
+    "devices": devices,
+  }
 
 
 def setup(model: str, task: str) -> dict:
@@ -223,8 +265,11 @@ def teardown() -> dict:
   before = _current.get("device_peak_before_mb")
   _current.clear()
   peak = _device_peak_mb()
-  return {"peak_rss_mb": protocol.peak_rss_mb(), "device_peak_mb": peak,
-          "device_peak_set_in_row": None if peak is None or before is None else peak > before}
+  return {
+    "peak_rss_mb": protocol.peak_rss_mb(),
+    "device_peak_mb": peak,
+    "device_peak_set_in_row": None if peak is None or before is None else peak > before,
+  }
 
 
 def use_conv_grad(which: str) -> None:
@@ -236,31 +281,59 @@ def use_conv_grad(which: str) -> None:
   if which == "xla":
     conv.conv_general_dilated = lax.conv_general_dilated  # conv.Conv reads it when building a conv
   if which == "tiny":
-    conv._conv_fast_kernel_grad = conv._conv  # pylint: disable=protected-access
+    conv._conv_fast_kernel_grad = conv._conv
   everywhere = ("cpu", "cuda", "rocm", "tpu")
   if which == "everywhere":  # all CPU rewrites on GPU/TPU too
     conv.REWRITE_PLATFORMS = dict.fromkeys(conv.REWRITE_PLATFORMS, everywhere)
   if which in ("tiny_everywhere", "depthwise_everywhere"):  # one rewrite on GPU/TPU too
-    conv.REWRITE_PLATFORMS = dict(conv.REWRITE_PLATFORMS, **{
-        {"tiny_everywhere": "tiny_as_matmul", "depthwise_everywhere": "depthwise_as_taps"}[which]: everywhere})
+    conv.REWRITE_PLATFORMS = dict(
+      conv.REWRITE_PLATFORMS,
+      **{
+        {"tiny_everywhere": "tiny_as_matmul", "depthwise_everywhere": "depthwise_as_taps"}[
+          which
+        ]: everywhere
+      },
+    )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--cpu_devices", type=int, default=0, help="CPU devices (0: JAX's default)")
-  parser.add_argument("--conv_grad", choices=("sr_jax", "xla", "all", "tiny", "everywhere", "tiny_everywhere",
-                                                "depthwise_everywhere"), default="sr_jax",
-                      help="ablation only: which conv gradients the models use (see use_conv_grad)")
-  parser.add_argument("--infer_over", choices=("rows", "device"), default="rows",
-                      help="one image split by rows over every local device (sharding.jit_over_image_rows) "
-                           "or on one device (as sr_jax.tiling.make_tile_fn)")
+  parser.add_argument(
+    "--conv_grad",
+    choices=(
+      "sr_jax",
+      "xla",
+      "all",
+      "tiny",
+      "everywhere",
+      "tiny_everywhere",
+      "depthwise_everywhere",
+    ),
+    default="sr_jax",
+    help="ablation only: which conv gradients the models use (see use_conv_grad)",
+  )
+  parser.add_argument(
+    "--infer_over",
+    choices=("rows", "device"),
+    default="rows",
+    help="one image split by rows over every local device (sharding.jit_over_image_rows) "
+    "or on one device (as sr_jax.tiling.make_tile_fn)",
+  )
   args = parser.parse_args()
   _OPTIONS["infer_over"] = args.infer_over
   if args.cpu_devices:
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # Before any backend is created.
   use_conv_grad(args.conv_grad)
-  protocol.serve({"describe": describe, "peak_matmul": peak_matmul, "setup": setup, "run": run,
-                  "teardown": teardown})
+  protocol.serve(
+    {
+      "describe": describe,
+      "peak_matmul": peak_matmul,
+      "setup": setup,
+      "run": run,
+      "teardown": teardown,
+    }
+  )
 
 
 if __name__ == "__main__":

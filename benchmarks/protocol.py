@@ -24,7 +24,7 @@ def serve(handlers: dict[str, Callable[..., dict]]) -> None:
       break
     try:
       reply = {"ok": True, "result": handlers[request["cmd"]](**request.get("args", {}))}
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       reply = {"ok": False, "error": traceback.format_exc()}
     replies.write(json.dumps(reply) + "\n")
 
@@ -34,8 +34,13 @@ class Worker:
 
   def __init__(self, name: str, script: str, argv: list[str], env: dict | None = None):
     self.name = name
-    self.process = subprocess.Popen([sys.executable, script, *argv], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True, env=env)
+    self.process = subprocess.Popen(
+      [sys.executable, script, *argv],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
 
   def call(self, cmd: str, **args) -> dict:
     self.process.stdin.write(json.dumps({"cmd": cmd, "args": args}) + "\n")

@@ -32,8 +32,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
-import specs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import protocol
+import specs
 
 
 def _cores() -> int:
@@ -43,51 +43,104 @@ def _cores() -> int:
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--models", default=",".join(specs.DEFAULT_MODELS),
-                      help=f"comma-separated, from {', '.join(specs.SPECS)}")
+  parser.add_argument(
+    "--models",
+    default=",".join(specs.DEFAULT_MODELS),
+    help=f"comma-separated, from {', '.join(specs.SPECS)}",
+  )
   parser.add_argument("--tasks", default="train,infer", help="train, infer or both")
-  parser.add_argument("--repeats", type=int, default=3, help="timed repeats per framework (median reported)")
-  parser.add_argument("--min_repeat_s", type=float, default=1.0, help="each repeat runs at least ~this long")
-  parser.add_argument("--max_iters", type=int, default=50,
-                      help="at most this many calls per repeat (raise it on a GPU, where a call takes ms)")
-  parser.add_argument("--cpu_devices", type=int, default=_cores(),
-                      help="JAX CPU devices (default: one per core; 0 = JAX's default of 1)")
-  parser.add_argument("--conv_grad", choices=("sr_jax", "all", "xla", "tiny", "everywhere",
-                                              "tiny_everywhere", "depthwise_everywhere"), default="sr_jax",
-                      help="ablation: sr_jax (= all): the models as they are, every conv through "
-                           "sr_jax.conv; xla: lax.conv_general_dilated everywhere (the code before "
-                           "sr_jax.conv); tiny: sr_jax.conv without the image-by-image kernel gradient; "
-                           "everywhere: sr_jax.conv's CPU rewrites on GPU/TPU too")
-  parser.add_argument("--infer_over", choices=("rows", "device"), default="rows",
-                      help="sr_jax inference: image rows split over the devices, or one device")
-  parser.add_argument("--torch_formats", default="channels_last,contiguous",
-                      help="PyTorch memory formats to time; the fastest is the reference")
+  parser.add_argument(
+    "--repeats", type=int, default=3, help="timed repeats per framework (median reported)"
+  )
+  parser.add_argument(
+    "--min_repeat_s", type=float, default=1.0, help="each repeat runs at least ~this long"
+  )
+  parser.add_argument(
+    "--max_iters",
+    type=int,
+    default=50,
+    help="at most this many calls per repeat (raise it on a GPU, where a call takes ms)",
+  )
+  parser.add_argument(
+    "--cpu_devices",
+    type=int,
+    default=_cores(),
+    help="JAX CPU devices (default: one per core; 0 = JAX's default of 1)",
+  )
+  parser.add_argument(
+    "--conv_grad",
+    choices=(
+      "sr_jax",
+      "all",
+      "xla",
+      "tiny",
+      "everywhere",
+      "tiny_everywhere",
+      "depthwise_everywhere",
+    ),
+    default="sr_jax",
+    help="ablation: sr_jax (= all): the models as they are, every conv through "
+    "sr_jax.conv; xla: lax.conv_general_dilated everywhere (the code before "
+    "sr_jax.conv); tiny: sr_jax.conv without the image-by-image kernel gradient; "
+    "everywhere: sr_jax.conv's CPU rewrites on GPU/TPU too",
+  )
+  parser.add_argument(
+    "--infer_over",
+    choices=("rows", "device"),
+    default="rows",
+    help="sr_jax inference: image rows split over the devices, or one device",
+  )
+  parser.add_argument(
+    "--torch_formats",
+    default="channels_last,contiguous",
+    help="PyTorch memory formats to time; the fastest is the reference",
+  )
   parser.add_argument("--no_torch", action="store_true", help="sr_jax only")
-  parser.add_argument("--keep_going", action="store_true",
-                      help="a row that fails is reported (results.md, stderr) and the next row runs")
-  parser.add_argument("--matmul_sizes", default="1024,2048,4096", help="sides of the peak-FLOP/s matmuls")
+  parser.add_argument(
+    "--keep_going",
+    action="store_true",
+    help="a row that fails is reported (results.md, stderr) and the next row runs",
+  )
+  parser.add_argument(
+    "--matmul_sizes", default="1024,2048,4096", help="sides of the peak-FLOP/s matmuls"
+  )
   return parser.parse_args(argv)
 
 
 def _jax_env(cpu_devices: int) -> dict:
   env = dict(os.environ)
-  env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # GPU: leave memory to the torch workers.
+  env.setdefault(
+    "XLA_PYTHON_CLIENT_PREALLOCATE", "false"
+  )  # GPU: leave memory to the torch workers.
   if cpu_devices:  # --cpu_devices decides; a simulated-device flag would fight it.
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", "")).strip()
+    flags = re.sub(
+      r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", "")
+    ).strip()
     env["XLA_FLAGS"] = flags
   return env
 
 
 def start_workers(args) -> tuple[protocol.Worker, list[protocol.Worker]]:
-  jax_worker = protocol.Worker("sr_jax", os.path.join(HERE, "jax_worker.py"),
-                               [f"--cpu_devices={args.cpu_devices}", f"--infer_over={args.infer_over}",
-                                f"--conv_grad={args.conv_grad}"],
-                               _jax_env(args.cpu_devices))
+  jax_worker = protocol.Worker(
+    "sr_jax",
+    os.path.join(HERE, "jax_worker.py"),
+    [
+      f"--cpu_devices={args.cpu_devices}",
+      f"--infer_over={args.infer_over}",
+      f"--conv_grad={args.conv_grad}",
+    ],
+    _jax_env(args.cpu_devices),
+  )
   torch_workers = []
   if not args.no_torch and importlib.util.find_spec("torch") is not None:
     for memory_format in filter(None, args.torch_formats.split(",")):
-      torch_workers.append(protocol.Worker(f"torch:{memory_format}", os.path.join(HERE, "torch_worker.py"),
-                                           [f"--memory_format={memory_format}"]))
+      torch_workers.append(
+        protocol.Worker(
+          f"torch:{memory_format}",
+          os.path.join(HERE, "torch_worker.py"),
+          [f"--memory_format={memory_format}"],
+        )
+      )
   return jax_worker, torch_workers
 
 
@@ -107,7 +160,9 @@ def measure_peak(jax_worker, torch_workers, sizes: list[int]) -> dict:
   peaks = dict(jax_worker.call("peak_matmul", sizes=sizes))
   if torch_workers:
     peaks.update(torch_workers[0].call("peak_matmul", sizes=sizes))
-  peaks["jax"] = max(peaks["jax"], jax_worker.call("peak_matmul", sizes=sizes)["jax"])  # after torch's turn
+  peaks["jax"] = max(
+    peaks["jax"], jax_worker.call("peak_matmul", sizes=sizes)["jax"]
+  )  # after torch's turn
   peaks["best"] = max(peaks.values())
   return peaks
 
@@ -120,7 +175,9 @@ def time_interleaved(workers: list, iters: list[int], repeats: int) -> list[list
   """Seconds per call, `repeats` times per worker, alternating workers (order rotated each repeat)."""
   seconds = [[] for _ in workers]
   for r in range(repeats):
-    for i in (list(range(len(workers)))[r % len(workers):] + list(range(len(workers)))[:r % len(workers)]):
+    for i in (
+      list(range(len(workers)))[r % len(workers) :] + list(range(len(workers)))[: r % len(workers)]
+    ):
       seconds[i].append(workers[i].call("run", iters=iters[i])["seconds"])
   return seconds
 
@@ -131,7 +188,9 @@ def bench_row(model: str, task: str, jax_worker, torch_workers, args, peak: floa
   jax_info = jax_worker.call("setup", model=model, task=task)
   torch_infos = [w.call("setup", settings=settings, task=task) for w in torch_workers]
   workers = [jax_worker, *torch_workers]
-  iters = [_iters(info["warmup_s"], args.min_repeat_s, args.max_iters) for info in (jax_info, *torch_infos)]
+  iters = [
+    _iters(info["warmup_s"], args.min_repeat_s, args.max_iters) for info in (jax_info, *torch_infos)
+  ]
   seconds = time_interleaved(workers, iters, args.repeats)
   memory = [w.call("teardown") for w in workers]
 
@@ -155,27 +214,47 @@ def bench_row(model: str, task: str, jax_worker, torch_workers, args, peak: floa
   jax_images, jax_mp, jax_fraction = derived(per_s[0])
   torch_images, torch_mp, torch_fraction = derived(torch_per_s)
   return {
-      "model": model, "task": task, "sr_jax_per_s": per_s[0], "torch_per_s": torch_per_s,
-      "ratio": per_s[0] / torch_per_s if torch_per_s else None, "fraction_of_peak": jax_fraction,
-      "torch_fraction_of_peak": torch_fraction,
-      "unit": "steps/s" if task == "train" else "images/s",
-      "sr_jax_images_per_s": jax_images, "torch_images_per_s": torch_images,
-      "sr_jax_sr_megapixels_per_s": jax_mp, "torch_sr_megapixels_per_s": torch_mp,
-      "flops_per_call": flops, "sr_jax_gflops_per_s": flops * per_s[0] / 1e9 if flops else None,
-      "torch_gflops_per_s": flops * torch_per_s / 1e9 if flops and torch_per_s else None,
-      "peak_flops_per_s": peak,
-      "compile_s": jax_info["compile_s"], "sr_jax_peak_rss_mb": memory[0]["peak_rss_mb"],
-      "torch_peak_rss_mb": torch_memory.get("peak_rss_mb"),
-      "sr_jax_device_peak_mb": memory[0]["device_peak_mb"], "torch_device_peak_mb": torch_memory.get("device_peak_mb"),
-      # JAX cannot reset its device peak: False = the process's peak was reached in an earlier row.
-      "sr_jax_device_peak_set_in_row": memory[0].get("device_peak_set_in_row"),
-      "xla_temp_mb": jax_info["xla_temp_mb"], "params_sr_jax": jax_info["params"], "params_torch": torch_params,
-      "batch_size": batch, "lr_size": size, "scale": scale, "sr_jax_devices": jax_info["devices"],
-      "torch_format": best_format, "torch_per_s_by_format": by_format,
-      "sr_jax_seconds": seconds[0], "torch_seconds": {w.name: s for w, s in zip(torch_workers, seconds[1:])},
-      "iters_per_repeat": dict(zip([w.name for w in workers], iters)), "repeats": args.repeats,
-      "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0], "note": specs.SPECS[model].note,
-      "conv_grad": args.conv_grad, "infer_over": args.infer_over,
+    "model": model,
+    "task": task,
+    "sr_jax_per_s": per_s[0],
+    "torch_per_s": torch_per_s,
+    "ratio": per_s[0] / torch_per_s if torch_per_s else None,
+    "fraction_of_peak": jax_fraction,
+    "torch_fraction_of_peak": torch_fraction,
+    "unit": "steps/s" if task == "train" else "images/s",
+    "sr_jax_images_per_s": jax_images,
+    "torch_images_per_s": torch_images,
+    "sr_jax_sr_megapixels_per_s": jax_mp,
+    "torch_sr_megapixels_per_s": torch_mp,
+    "flops_per_call": flops,
+    "sr_jax_gflops_per_s": flops * per_s[0] / 1e9 if flops else None,
+    "torch_gflops_per_s": flops * torch_per_s / 1e9 if flops and torch_per_s else None,
+    "peak_flops_per_s": peak,
+    "compile_s": jax_info["compile_s"],
+    "sr_jax_peak_rss_mb": memory[0]["peak_rss_mb"],
+    "torch_peak_rss_mb": torch_memory.get("peak_rss_mb"),
+    "sr_jax_device_peak_mb": memory[0]["device_peak_mb"],
+    "torch_device_peak_mb": torch_memory.get("device_peak_mb"),
+    # JAX cannot reset its device peak: False = the process's peak was reached in an earlier row.
+    "sr_jax_device_peak_set_in_row": memory[0].get("device_peak_set_in_row"),
+    "xla_temp_mb": jax_info["xla_temp_mb"],
+    "params_sr_jax": jax_info["params"],
+    "params_torch": torch_params,
+    "batch_size": batch,
+    "lr_size": size,
+    "scale": scale,
+    "sr_jax_devices": jax_info["devices"],
+    "torch_format": best_format,
+    "torch_per_s_by_format": by_format,
+    "sr_jax_seconds": seconds[0],
+    "torch_seconds": {w.name: s for w, s in zip(torch_workers, seconds[1:])},
+    "iters_per_repeat": dict(zip([w.name for w in workers], iters)),
+    "repeats": args.repeats,
+    "load_avg_start": load_start,
+    "load_avg_end": os.getloadavg()[0],
+    "note": specs.SPECS[model].note,
+    "conv_grad": args.conv_grad,
+    "infer_over": args.infer_over,
   }
 
 
@@ -184,36 +263,50 @@ def _fmt(value, spec: str = ".3g") -> str:
 
 
 def markdown(rows: list[dict], header: dict) -> str:
-  lines = [f"# sr_jax vs PyTorch: {header['date']}", "",
-           f"- command: `{header['command']}`",
-           f"- machine: {header['cpu']}, {header['cores']} cores; sr_jax on {header['jax']['device_count']} x "
-           f"{header['jax']['platform']} ({header['jax']['device_kind']}), jax {header['jax']['jax']}"
-           + (f", XLA_FLAGS=`{header['jax']['xla_flags']}`" if header['jax']['xla_flags'] else ""),
-           f"- torch: {header['torch']}",
-           *([f"- float32 arithmetic on {header['jax']['platform']}: JAX default_matmul_precision="
-              f"{header['jax'].get('default_matmul_precision')} (XLA:GPU: TF32 tensor cores for float32 convs and "
-              "matmuls); PyTorch allow_tf32 for cuDNN convs and cuBLAS matmuls, cudnn.benchmark on "
-              "(see the torch line); the peak below is TF32"]
-             if header["jax"]["platform"] != "cpu" else []),
-           f"- peak float32 matmul (best of sides {header['matmul_sizes']}): "
-           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in header["peak"].items()),
-           f"- load average (1 min) at start / end: {header['load_start']:.2f} / {header['load_end']:.2f}", "",
-           "| model | task | unit | sr_jax | torch (format) | ratio | sr_jax GFLOP/s | fraction of peak (sr_jax / torch) "
-           "| compile s | peak RSS MB (sr_jax / torch) | load |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"# sr_jax vs PyTorch: {header['date']}",
+    "",
+    f"- command: `{header['command']}`",
+    f"- machine: {header['cpu']}, {header['cores']} cores; sr_jax on {header['jax']['device_count']} x "
+    f"{header['jax']['platform']} ({header['jax']['device_kind']}), jax {header['jax']['jax']}"
+    + (f", XLA_FLAGS=`{header['jax']['xla_flags']}`" if header["jax"]["xla_flags"] else ""),
+    f"- torch: {header['torch']}",
+    *(
+      [
+        f"- float32 arithmetic on {header['jax']['platform']}: JAX default_matmul_precision="
+        f"{header['jax'].get('default_matmul_precision')} (XLA:GPU: TF32 tensor cores for float32 convs and "
+        "matmuls); PyTorch allow_tf32 for cuDNN convs and cuBLAS matmuls, cudnn.benchmark on "
+        "(see the torch line); the peak below is TF32"
+      ]
+      if header["jax"]["platform"] != "cpu"
+      else []
+    ),
+    f"- peak float32 matmul (best of sides {header['matmul_sizes']}): "
+    + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in header["peak"].items()),
+    f"- load average (1 min) at start / end: {header['load_start']:.2f} / {header['load_end']:.2f}",
+    "",
+    "| model | task | unit | sr_jax | torch (format) | ratio | sr_jax GFLOP/s | fraction of peak (sr_jax / torch) "
+    "| compile s | peak RSS MB (sr_jax / torch) | load |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     torch_cell = f"{_fmt(r['torch_per_s'])} ({r['torch_format']})" if r["torch_per_s"] else "—"
     lines.append(
-        f"| {r['model']} | {r['task']} | {r['unit']} | {_fmt(r['sr_jax_per_s'])} | {torch_cell} | "
-        f"{_fmt(r['ratio'], '.2f')} | {_fmt(r['sr_jax_gflops_per_s'], '.0f')} | "
-        f"{_fmt(r['fraction_of_peak'], '.2f')} / {_fmt(r['torch_fraction_of_peak'], '.2f')} | "
-        f"{_fmt(r['compile_s'], '.1f')} | {_fmt(r['sr_jax_peak_rss_mb'], '.0f')} / {_fmt(r['torch_peak_rss_mb'], '.0f')} | "
-        f"{r['load_avg_start']:.1f}–{r['load_avg_end']:.1f} |")
+      f"| {r['model']} | {r['task']} | {r['unit']} | {_fmt(r['sr_jax_per_s'])} | {torch_cell} | "
+      f"{_fmt(r['ratio'], '.2f')} | {_fmt(r['sr_jax_gflops_per_s'], '.0f')} | "
+      f"{_fmt(r['fraction_of_peak'], '.2f')} / {_fmt(r['torch_fraction_of_peak'], '.2f')} | "
+      f"{_fmt(r['compile_s'], '.1f')} | {_fmt(r['sr_jax_peak_rss_mb'], '.0f')} / {_fmt(r['torch_peak_rss_mb'], '.0f')} | "
+      f"{r['load_avg_start']:.1f}–{r['load_avg_end']:.1f} |"
+    )
   lines += ["", "Settings per model:", ""]
   for model in dict.fromkeys(r["model"] for r in rows):
-    lines.append(f"- `{model}`: {specs.SPECS[model].note}; infer: one {specs.SPECS[model].infer_size}² LR image")
+    lines.append(
+      f"- `{model}`: {specs.SPECS[model].note}; infer: one {specs.SPECS[model].infer_size}² LR image"
+    )
   for error in header.get("errors", []):
-    lines.append(f"- FAILED `{error['model']}` {error['task']}: {error['error'].strip().splitlines()[-1]}")
+    lines.append(
+      f"- FAILED `{error['model']}` {error['task']}: {error['error'].strip().splitlines()[-1]}"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -225,10 +318,16 @@ def main(argv=None) -> list[dict]:
     specs.config_for(model)  # Unknown names fail before any worker starts.
   os.makedirs(args.out, exist_ok=True)
   jax_worker, torch_workers = start_workers(args)
-  header = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
-            "cpu": cpu_name(), "cores": _cores(), "matmul_sizes": args.matmul_sizes,
-            "load_start": os.getloadavg()[0]}
+  header = {
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "command": " ".join(
+      ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
+    ),
+    "cpu": cpu_name(),
+    "cores": _cores(),
+    "matmul_sizes": args.matmul_sizes,
+    "load_start": os.getloadavg()[0],
+  }
   rows = []
 
   def write_results():  # After every row, so that a run stopped early keeps the rows it finished.
@@ -240,8 +339,12 @@ def main(argv=None) -> list[dict]:
 
   try:
     header["jax"] = jax_worker.call("describe")
-    header["torch"] = ", ".join(str(w.call("describe")) for w in torch_workers) or "not installed / not run"
-    header["peak"] = measure_peak(jax_worker, torch_workers, [int(n) for n in args.matmul_sizes.split(",")])
+    header["torch"] = (
+      ", ".join(str(w.call("describe")) for w in torch_workers) or "not installed / not run"
+    )
+    header["peak"] = measure_peak(
+      jax_worker, torch_workers, [int(n) for n in args.matmul_sizes.split(",")]
+    )
     device = f"{header['jax']['device_count']} x {header['jax']['device_kind']} ({header['cpu']})"
     for model in models:
       for task in tasks:
@@ -251,14 +354,19 @@ def main(argv=None) -> list[dict]:
           if not args.keep_going:
             raise
           print(f"{model:20s} {task:5s} FAILED: {error}", file=sys.stderr, flush=True)
-          header.setdefault("errors", []).append({"model": model, "task": task, "error": str(error)})
+          header.setdefault("errors", []).append(
+            {"model": model, "task": task, "error": str(error)}
+          )
           write_results()
           continue
         row["device"] = device
         rows.append(row)
-        print(f"{model:20s} {task:5s} sr_jax {row['sr_jax_per_s']:.3g} {row['unit']}  torch "
-              f"{_fmt(row['torch_per_s'])}  ratio {_fmt(row['ratio'], '.2f')}  "
-              f"peak fraction {_fmt(row['fraction_of_peak'], '.2f')}  load {row['load_avg_end']:.1f}", flush=True)
+        print(
+          f"{model:20s} {task:5s} sr_jax {row['sr_jax_per_s']:.3g} {row['unit']}  torch "
+          f"{_fmt(row['torch_per_s'])}  ratio {_fmt(row['ratio'], '.2f')}  "
+          f"peak fraction {_fmt(row['fraction_of_peak'], '.2f')}  load {row['load_avg_end']:.1f}",
+          flush=True,
+        )
         write_results()
   finally:
     for worker in (jax_worker, *torch_workers):

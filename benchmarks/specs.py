@@ -27,28 +27,70 @@ class Spec:
 # the U-Nets keep the fine-tuning recipe's frozen BatchNorm statistics (freeze_bn=True), as with
 # pretrained weights.
 SPECS = {
-    "edsr_baseline": Spec("default", {"data.patch_size": 48, "train.batch_size": 16}, 256,
-                          "EDSR-baseline x4 (16 blocks, 64 ch); batch 16 x 48x48 LR"),
-    "unet_resnet34": Spec("unet_resnet34_x4", {"model.encoder.weights": "", "model.encoder.freeze_bn": True,
-                                               "train.freeze_encoder_steps": 0,
-                                               "data.patch_size": 64, "train.batch_size": 16}, 256,
-                          "U-Net x4, ResNet-34 encoder; batch 16 x 64x64 LR (encoder stride 32)"),
-    "unet_effnetlite0": Spec("unet_effnetlite0_x4", {"model.encoder.weights": "", "model.encoder.freeze_bn": True,
-                                                     "train.freeze_encoder_steps": 0,
-                                                     "data.patch_size": 64, "train.batch_size": 16}, 256,
-                             "U-Net x4, EfficientNet-Lite0 encoder; batch 16 x 64x64 LR (encoder stride 32)"),
-    "realesrgan_compact": Spec("finetune_realesrgan_compact_x4", {"model.pretrained": "", "data.patch_size": 48,
-                                                                  "train.batch_size": 16}, 256,
-                               "SRVGGNetCompact x4 (16 convs, 64 ch, PReLU); batch 16 x 48x48 LR"),
-    "rrdbnet": Spec("finetune_realesrgan_x4plus", {"model.pretrained": "", "data.patch_size": 24,
-                                                   "train.batch_size": 4}, 64,
-                    "RRDBNet x4 (23 RRDB, RealESRGAN_x4plus); small sizes: batch 4 x 24x24 LR, "
-                    "inference 64x64 (it is ~9x EDSR-baseline's compute per pixel)"),
-    # For tests and quick checks only (not in the default list).
-    "edsr_tiny": Spec("default", {"model.num_features": 8, "model.num_blocks": 1, "data.scale": 2,
-                                  "data.patch_size": 8, "train.batch_size": 4}, 16, "EDSR x2, 1 block, 8 ch"),
+  "edsr_baseline": Spec(
+    "default",
+    {"data.patch_size": 48, "train.batch_size": 16},
+    256,
+    "EDSR-baseline x4 (16 blocks, 64 ch); batch 16 x 48x48 LR",
+  ),
+  "unet_resnet34": Spec(
+    "unet_resnet34_x4",
+    {
+      "model.encoder.weights": "",
+      "model.encoder.freeze_bn": True,
+      "train.freeze_encoder_steps": 0,
+      "data.patch_size": 64,
+      "train.batch_size": 16,
+    },
+    256,
+    "U-Net x4, ResNet-34 encoder; batch 16 x 64x64 LR (encoder stride 32)",
+  ),
+  "unet_effnetlite0": Spec(
+    "unet_effnetlite0_x4",
+    {
+      "model.encoder.weights": "",
+      "model.encoder.freeze_bn": True,
+      "train.freeze_encoder_steps": 0,
+      "data.patch_size": 64,
+      "train.batch_size": 16,
+    },
+    256,
+    "U-Net x4, EfficientNet-Lite0 encoder; batch 16 x 64x64 LR (encoder stride 32)",
+  ),
+  "realesrgan_compact": Spec(
+    "finetune_realesrgan_compact_x4",
+    {"model.pretrained": "", "data.patch_size": 48, "train.batch_size": 16},
+    256,
+    "SRVGGNetCompact x4 (16 convs, 64 ch, PReLU); batch 16 x 48x48 LR",
+  ),
+  "rrdbnet": Spec(
+    "finetune_realesrgan_x4plus",
+    {"model.pretrained": "", "data.patch_size": 24, "train.batch_size": 4},
+    64,
+    "RRDBNet x4 (23 RRDB, RealESRGAN_x4plus); small sizes: batch 4 x 24x24 LR, "
+    "inference 64x64 (it is ~9x EDSR-baseline's compute per pixel)",
+  ),
+  # For tests and quick checks only (not in the default list).
+  "edsr_tiny": Spec(
+    "default",
+    {
+      "model.num_features": 8,
+      "model.num_blocks": 1,
+      "data.scale": 2,
+      "data.patch_size": 8,
+      "train.batch_size": 4,
+    },
+    16,
+    "EDSR x2, 1 block, 8 ch",
+  ),
 }
-DEFAULT_MODELS = ("edsr_baseline", "unet_resnet34", "unet_effnetlite0", "realesrgan_compact", "rrdbnet")
+DEFAULT_MODELS = (
+  "edsr_baseline",
+  "unet_resnet34",
+  "unet_effnetlite0",
+  "realesrgan_compact",
+  "rrdbnet",
+)
 
 
 def _set(config: ml_collections.ConfigDict, key: str, value) -> None:
@@ -75,9 +117,18 @@ def torch_settings(model: str) -> dict:
   config = config_for(model)
   if config.get("loss") and config.loss.get("feature_weight"):
     raise ValueError(f"{model}: the PyTorch reference step has an L1 loss only")
-  return {"arch": config.model.name, "model": config.model.to_dict(), "scale": config.data.scale,
-          "batch_size": config.train.batch_size, "patch_size": config.data.patch_size,
-          "infer_size": SPECS[model].infer_size, "learning_rate": config.optim.learning_rate,
-          "b1": config.optim.b1, "b2": config.optim.b2, "weight_decay": config.optim.weight_decay,
-          "grad_clip_norm": config.optim.grad_clip_norm, "ema_decay": config.train.ema_decay,
-          "encoder_lr_mult": config.optim.get("encoder_lr_mult", 1.0)}
+  return {
+    "arch": config.model.name,
+    "model": config.model.to_dict(),
+    "scale": config.data.scale,
+    "batch_size": config.train.batch_size,
+    "patch_size": config.data.patch_size,
+    "infer_size": SPECS[model].infer_size,
+    "learning_rate": config.optim.learning_rate,
+    "b1": config.optim.b1,
+    "b2": config.optim.b2,
+    "weight_decay": config.optim.weight_decay,
+    "grad_clip_norm": config.optim.grad_clip_norm,
+    "ema_decay": config.train.ema_decay,
+    "encoder_lr_mult": config.optim.get("encoder_lr_mult", 1.0),
+  }

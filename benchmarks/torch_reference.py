@@ -29,8 +29,8 @@ def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
 
 # EDSR (BasicSR basicsr/archs/edsr_arch.py).
 
-class ResidualBlockNoBN(nn.Module):
 
+class ResidualBlockNoBN(nn.Module):
   def __init__(self, num_feat: int, res_scale: float):
     super().__init__()
     self.conv1 = conv3x3(num_feat, num_feat)
@@ -51,9 +51,14 @@ def upsample_stages(scale: int, num_feat: int) -> nn.Sequential:
 
 
 class EDSR(nn.Module):
-
-  def __init__(self, scale: int, num_feat: int = 64, num_block: int = 16, res_scale: float = 1.0,
-               img_range: float = 255.0):
+  def __init__(
+    self,
+    scale: int,
+    num_feat: int = 64,
+    num_block: int = 16,
+    res_scale: float = 1.0,
+    img_range: float = 255.0,
+  ):
     super().__init__()
     self.img_range = img_range
     self.register_buffer("mean", torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1))
@@ -72,8 +77,8 @@ class EDSR(nn.Module):
 
 # RRDBNet (BasicSR basicsr/archs/rrdbnet_arch.py).
 
-class ResidualDenseBlock(nn.Module):
 
+class ResidualDenseBlock(nn.Module):
   def __init__(self, num_feat: int, num_grow_ch: int):
     super().__init__()
     self.convs = nn.ModuleList([conv3x3(num_feat + i * num_grow_ch, num_grow_ch) for i in range(4)])
@@ -87,7 +92,6 @@ class ResidualDenseBlock(nn.Module):
 
 
 class RRDB(nn.Module):
-
   def __init__(self, num_feat: int, num_grow_ch: int):
     super().__init__()
     self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
@@ -99,7 +103,6 @@ class RRDB(nn.Module):
 
 
 class RRDBNet(nn.Module):
-
   def __init__(self, num_feat: int = 64, num_block: int = 23, num_grow_ch: int = 32):
     super().__init__()
     self.conv_first = conv3x3(3, num_feat)
@@ -120,12 +123,17 @@ class RRDBNet(nn.Module):
 
 # SRVGGNetCompact (Real-ESRGAN realesrgan/archs/srvgg_arch.py).
 
-class SRVGGNetCompact(nn.Module):
 
-  def __init__(self, upscale: int = 4, num_feat: int = 64, num_conv: int = 16, act_type: str = "prelu"):
+class SRVGGNetCompact(nn.Module):
+  def __init__(
+    self, upscale: int = 4, num_feat: int = 64, num_conv: int = 16, act_type: str = "prelu"
+  ):
     super().__init__()
-    activation = {"prelu": lambda: nn.PReLU(num_parameters=num_feat), "relu": nn.ReLU,
-                  "leakyrelu": lambda: nn.LeakyReLU(0.1)}[act_type]
+    activation = {
+      "prelu": lambda: nn.PReLU(num_parameters=num_feat),
+      "relu": nn.ReLU,
+      "leakyrelu": lambda: nn.LeakyReLU(0.1),
+    }[act_type]
     self.upscale = upscale
     layers = [conv3x3(3, num_feat), activation()]
     for _ in range(num_conv):
@@ -141,24 +149,38 @@ class SRVGGNetCompact(nn.Module):
 
 # EfficientNet-Lite0 (as sr_jax.backbones.efficientnet_lite; lukemelas-style blocks, no SE).
 
-LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+LITE0_STAGES = (
+  (1, 3, 1, 1, 32, 16),
+  (2, 3, 2, 6, 16, 24),
+  (2, 5, 2, 6, 24, 40),
+  (3, 3, 2, 6, 40, 80),
+  (3, 5, 1, 6, 80, 112),
+  (4, 5, 2, 6, 112, 192),
+  (1, 3, 1, 6, 192, 320),
+)
 LITE0_FEATURE_BLOCKS = (0, 2, 4, 10, 15)
 
 
-def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-  return [nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-          nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01), nn.ReLU6()]
+def conv_bn_relu6(
+  in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
+  return [
+    nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
+    nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01),
+    nn.ReLU6(),
+  ]
 
 
 class MBConvBlock(nn.Module):
-
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand_ratio: int):
     super().__init__()
     mid = in_ch * expand_ratio
     layers = conv_bn_relu6(in_ch, mid, 1) if expand_ratio != 1 else []
     layers += conv_bn_relu6(mid, mid, kernel, stride, groups=mid)
-    layers += [nn.Conv2d(mid, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01)]
+    layers += [
+      nn.Conv2d(mid, out_ch, 1, bias=False),
+      nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01),
+    ]
     self.block = nn.Sequential(*layers)
     self.residual = stride == 1 and in_ch == out_ch
 
@@ -178,7 +200,9 @@ class EfficientNetLite0Features(nn.Module):
     blocks = []
     for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
       for r in range(repeats):
-        blocks.append(MBConvBlock(in_ch if r == 0 else out_ch, out_ch, kernel, stride if r == 0 else 1, expand))
+        blocks.append(
+          MBConvBlock(in_ch if r == 0 else out_ch, out_ch, kernel, stride if r == 0 else 1, expand)
+        )
     self.blocks = nn.ModuleList(blocks)
     # Unused by `forward`, as in sr_jax's head-less backbone (same parameter count; no gradient).
     self.head = nn.Sequential(*conv_bn_relu6(320, 1280, 1))
@@ -198,7 +222,7 @@ class ResNetFeatures(nn.Module):
 
   def __init__(self, name: str):
     super().__init__()
-    import torchvision  # pylint: disable=g-import-not-at-top
+    import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)
     self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
@@ -219,6 +243,7 @@ class ResNetFeatures(nn.Module):
 
 # U-Net SR (as sr_jax.models.unet.UNetSR).
 
+
 class ChannelLayerNorm(nn.Module):
   """LayerNorm over the channels of each pixel (flax nnx.LayerNorm on NHWC: epsilon 1e-6)."""
 
@@ -231,7 +256,6 @@ class ChannelLayerNorm(nn.Module):
 
 
 class PixelShuffleUp(nn.Module):
-
   def __init__(self, in_ch: int, out_ch: int, factor: int):
     super().__init__()
     self.conv = conv3x3(in_ch, out_ch * factor * factor)
@@ -242,7 +266,6 @@ class PixelShuffleUp(nn.Module):
 
 
 class UpBlock(nn.Module):
-
   def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
     super().__init__()
     self.up = PixelShuffleUp(in_ch, out_ch, 2)
@@ -255,9 +278,14 @@ class UpBlock(nn.Module):
 
 
 class UNetSR(nn.Module):
-
-  def __init__(self, scale: int, encoder: nn.Module, decoder_features=(256, 128, 64, 64, 32),
-               shallow_features: int = 32, skip_norm: bool = True):
+  def __init__(
+    self,
+    scale: int,
+    encoder: nn.Module,
+    decoder_features=(256, 128, 64, 64, 32),
+    shallow_features: int = 32,
+    skip_norm: bool = True,
+  ):
     super().__init__()
     channels = tuple(encoder.feature_channels)
     self.scale = scale
@@ -266,7 +294,9 @@ class UNetSR(nn.Module):
     self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
     skips = (*channels[:4][::-1], shallow_features)
     widths = (channels[4], *decoder_features[:-1])
-    self.decoder = nn.ModuleList([UpBlock(w, s, d) for w, s, d in zip(widths, skips, decoder_features)])
+    self.decoder = nn.ModuleList(
+      [UpBlock(w, s, d) for w, s, d in zip(widths, skips, decoder_features)]
+    )
     self.skip_norms = nn.ModuleList([ChannelLayerNorm(c) for c in channels]) if skip_norm else None
     self.shallow1 = conv3x3(3, shallow_features)
     self.shallow2 = conv3x3(shallow_features, shallow_features)
@@ -299,19 +329,32 @@ def build(arch: str, model: dict, scale: int) -> nn.Module:
   if arch == "edsr":
     if model.get("bicubic_residual"):
       raise ValueError("the torch EDSR reference has no bicubic_residual variant")
-    return EDSR(scale, model.get("num_features", 64), model.get("num_blocks", 16), model.get("res_scale", 1.0))
+    return EDSR(
+      scale, model.get("num_features", 64), model.get("num_blocks", 16), model.get("res_scale", 1.0)
+    )
   if arch == "rrdbnet":
     if scale != 4:
       raise ValueError("the torch RRDBNet reference is the x4 trunk only")
-    return RRDBNet(model.get("num_feat", 64), model.get("num_block", 23), model.get("num_grow_ch", 32))
+    return RRDBNet(
+      model.get("num_feat", 64), model.get("num_block", 23), model.get("num_grow_ch", 32)
+    )
   if arch == "srvgg_compact":
-    return SRVGGNetCompact(model.get("upscale", scale), model.get("num_feat", 64), model.get("num_conv", 16),
-                           model.get("act_type", "prelu"))
+    return SRVGGNetCompact(
+      model.get("upscale", scale),
+      model.get("num_feat", 64),
+      model.get("num_conv", 16),
+      model.get("act_type", "prelu"),
+    )
   if arch == "unet":
     name = model["encoder"]["name"]
     encoder = EfficientNetLite0Features() if name == "efficientnet_lite0" else ResNetFeatures(name)
-    return UNetSR(scale, encoder, tuple(model.get("decoder_features", (256, 128, 64, 64, 32))),
-                  model.get("shallow_features", 32), model.get("skip_norm", True))
+    return UNetSR(
+      scale,
+      encoder,
+      tuple(model.get("decoder_features", (256, 128, 64, 64, 32))),
+      model.get("shallow_features", 32),
+      model.get("skip_norm", True),
+    )
   raise ValueError(f"no torch reference for model.name={arch!r}")
 
 

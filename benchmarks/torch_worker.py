@@ -15,11 +15,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+import protocol
+import torch
+import torch_reference
 
 _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _current = {}
@@ -36,7 +35,9 @@ if _DEVICE.type == "cuda":
 
 def _parse_args():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--memory_format", choices=("channels_last", "contiguous"), default="channels_last")
+  parser.add_argument(
+    "--memory_format", choices=("channels_last", "contiguous"), default="channels_last"
+  )
   return parser.parse_args()
 
 
@@ -51,12 +52,20 @@ def _sync() -> None:
 
 def describe() -> dict:
   kind = torch.cuda.get_device_name() if _DEVICE.type == "cuda" else "cpu"
-  info = {"device": kind, "torch": torch.__version__, "threads": torch.get_num_threads(),
-          "memory_format": _ARGS.memory_format}
+  info = {
+    "device": kind,
+    "torch": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "memory_format": _ARGS.memory_format,
+  }
   if _DEVICE.type == "cuda":
-    info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
-                cudnn_benchmark=torch.backends.cudnn.benchmark)
+    info.update(
+      cuda=torch.version.cuda,
+      cudnn=torch.backends.cudnn.version(),
+      tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+      tf32_cudnn=torch.backends.cudnn.allow_tf32,
+      cudnn_benchmark=torch.backends.cudnn.benchmark,
+    )
   return info
 
 
@@ -86,8 +95,10 @@ def _setup_train(settings: dict) -> dict:
   params = [p for p in net.parameters() if p.requires_grad]
   ema = [p.detach().clone() for p in params]
   optimizer = torch.optim.AdamW(
-      torch_reference.param_groups(net, settings["learning_rate"], settings["encoder_lr_mult"]),
-      betas=(settings["b1"], settings["b2"]), weight_decay=settings["weight_decay"])
+    torch_reference.param_groups(net, settings["learning_rate"], settings["encoder_lr_mult"]),
+    betas=(settings["b1"], settings["b2"]),
+    weight_decay=settings["weight_decay"],
+  )
   rng = np.random.default_rng(0)
   batch, patch, scale = settings["batch_size"], settings["patch_size"], settings["scale"]
   lr, hr = _images(batch, patch, rng), _images(batch, patch * scale, rng)
@@ -102,7 +113,7 @@ def _setup_train(settings: dict) -> dict:
     optimizer.step()
     if decay:
       with torch.no_grad():
-        torch._foreach_lerp_(ema, params, 1.0 - decay)  # pylint: disable=protected-access
+        torch._foreach_lerp_(ema, params, 1.0 - decay)
 
   _current.update(timer=protocol.repeat_timer(run_once, _sync), net=net)
   return {"params": sum(p.numel() for p in params)}
@@ -147,5 +158,12 @@ def teardown() -> dict:
 
 
 if __name__ == "__main__":
-  protocol.serve({"describe": describe, "peak_matmul": peak_matmul, "setup": setup, "run": run,
-                  "teardown": teardown})
+  protocol.serve(
+    {
+      "describe": describe,
+      "peak_matmul": peak_matmul,
+      "setup": setup,
+      "run": run,
+      "teardown": teardown,
+    }
+  )

@@ -14,15 +14,16 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import unet_effnetlite0_x4  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sr_jax import evaluate  # pylint: disable=wrong-import-position
-from sr_jax import train  # pylint: disable=wrong-import-position
-from sr_jax import train_logging  # pylint: disable=wrong-import-position
+from configs import unet_effnetlite0_x4
+from sr_jax import (
+  evaluate,
+  train,
+  train_logging,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("eval_dir", None, "Folder of held-out HR images.", required=True)
@@ -34,7 +35,9 @@ flags.DEFINE_integer("batch_size", 8, "Global batch size.")
 flags.DEFINE_integer("patch_size", 32, "LR patch side.")
 flags.DEFINE_integer("scale", 4, "Upscaling factor.")
 flags.DEFINE_string("encoder", "efficientnet_lite0", "Backbone name (create_backbone).")
-flags.DEFINE_string("weights", "efficientnet_lite0", "Pretrained encoder weights: path or registry name.")
+flags.DEFINE_string(
+  "weights", "efficientnet_lite0", "Pretrained encoder weights: path or registry name."
+)
 flags.DEFINE_float("learning_rate", 5e-4, "Peak learning rate (decoder).")
 flags.DEFINE_float("encoder_lr_mult", 1.0, "Encoder learning-rate factor (both twins).")
 flags.DEFINE_integer("freeze_encoder_steps", 0, "Encoder frozen for this many steps (both twins).")
@@ -68,25 +71,37 @@ def run_twin(name, weights):
   start = time.perf_counter()
   train.train_and_evaluate(twin_config(weights), workdir)
   dataset = evaluate.dataset_name(FLAGS.eval_dir)
-  rows = [r for r in train_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-          if f"eval/{dataset}/psnr_y" in r]
-  return {"steps": [r["step"] for r in rows], "psnr_y": [r[f"eval/{dataset}/psnr_y"] for r in rows],
-          "ssim_y": [r[f"eval/{dataset}/ssim_y"] for r in rows],
-          "bicubic_psnr_y": rows[-1][f"eval/{dataset}/bicubic_psnr_y"], "seconds": time.perf_counter() - start}
+  rows = [
+    r
+    for r in train_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    if f"eval/{dataset}/psnr_y" in r
+  ]
+  return {
+    "steps": [r["step"] for r in rows],
+    "psnr_y": [r[f"eval/{dataset}/psnr_y"] for r in rows],
+    "ssim_y": [r[f"eval/{dataset}/ssim_y"] for r in rows],
+    "bicubic_psnr_y": rows[-1][f"eval/{dataset}/bicubic_psnr_y"],
+    "seconds": time.perf_counter() - start,
+  }
 
 
 def markdown(result) -> str:
   lines = ["| step | pretrained PSNR-Y | scratch PSNR-Y | gain (dB) |", "|---|---|---|---|"]
-  for step, p, s in zip(result["pretrained"]["steps"], result["pretrained"]["psnr_y"], result["scratch"]["psnr_y"]):
+  for step, p, s in zip(
+    result["pretrained"]["steps"], result["pretrained"]["psnr_y"], result["scratch"]["psnr_y"]
+  ):
     lines.append(f"| {step} | {p:.2f} | {s:.2f} | {p - s:+.2f} |")
-  lines.append(f"\nBicubic PSNR-Y: {result['bicubic_psnr_y']:.2f} dB. Settings: {json.dumps(result['settings'])}")
+  lines.append(
+    f"\nBicubic PSNR-Y: {result['bicubic_psnr_y']:.2f} dB. Settings: {json.dumps(result['settings'])}"
+  )
   return "\n".join(lines) + "\n"
 
 
 def plot(result, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
+
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for name in ("pretrained", "scratch"):
@@ -106,10 +121,29 @@ def main(argv):
   os.makedirs(FLAGS.out, exist_ok=True)
   pretrained = run_twin("pretrained", FLAGS.weights)
   scratch = run_twin("scratch", None)
-  result = {"bicubic_psnr_y": pretrained["bicubic_psnr_y"], "pretrained": pretrained, "scratch": scratch,
-            "settings": {k: FLAGS[k].value for k in ("train_dir", "eval_dir", "steps", "eval_every", "batch_size",
-                                                     "patch_size", "scale", "encoder", "weights", "learning_rate",
-                                                     "encoder_lr_mult", "freeze_encoder_steps", "seed")}}
+  result = {
+    "bicubic_psnr_y": pretrained["bicubic_psnr_y"],
+    "pretrained": pretrained,
+    "scratch": scratch,
+    "settings": {
+      k: FLAGS[k].value
+      for k in (
+        "train_dir",
+        "eval_dir",
+        "steps",
+        "eval_every",
+        "batch_size",
+        "patch_size",
+        "scale",
+        "encoder",
+        "weights",
+        "learning_rate",
+        "encoder_lr_mult",
+        "freeze_encoder_steps",
+        "seed",
+      )
+    },
+  }
   with open(os.path.join(FLAGS.out, "transfer_vs_scratch.json"), "w") as f:
     json.dump(result, f, indent=2)
   table = markdown(result)

@@ -12,7 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.train_dirs = ("embedded:train",)  # folders of HR images; "embedded:*" = bundled photos
+  config.data.train_dirs = (
+    "embedded:train",
+  )  # folders of HR images; "embedded:*" = bundled photos
   config.data.scale = 4
   config.data.patch_size = 48  # LR side of a training patch
   config.data.augment = True  # random flips and 90-degree rotations
@@ -30,19 +32,39 @@ def get_config() -> ml_collections.ConfigDict:
   # Real-ESRGAN x4plus degradation options (names as in its training YAML).
   kernels = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
   kernel_prob = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-  config.data.realesrgan = ml_collections.ConfigDict({
-      "blur_kernel_size": 21, "kernel_list": kernels, "kernel_prob": kernel_prob,
-      "sinc_prob": 0.1, "blur_sigma": (0.2, 3.0), "betag_range": (0.5, 4.0), "betap_range": (1.0, 2.0),
-      "kernel_list2": kernels, "kernel_prob2": kernel_prob, "sinc_prob2": 0.1,
-      "blur_sigma2": (0.2, 1.5), "betag_range2": (0.5, 4.0), "betap_range2": (1.0, 2.0),
+  config.data.realesrgan = ml_collections.ConfigDict(
+    {
+      "blur_kernel_size": 21,
+      "kernel_list": kernels,
+      "kernel_prob": kernel_prob,
+      "sinc_prob": 0.1,
+      "blur_sigma": (0.2, 3.0),
+      "betag_range": (0.5, 4.0),
+      "betap_range": (1.0, 2.0),
+      "kernel_list2": kernels,
+      "kernel_prob2": kernel_prob,
+      "sinc_prob2": 0.1,
+      "blur_sigma2": (0.2, 1.5),
+      "betag_range2": (0.5, 4.0),
+      "betap_range2": (1.0, 2.0),
       "final_sinc_prob": 0.8,
-      "resize_prob": (0.2, 0.7, 0.1), "resize_range": (0.15, 1.5), "gaussian_noise_prob": 0.5,
-      "noise_range": (1.0, 30.0), "poisson_scale_range": (0.05, 3.0), "gray_noise_prob": 0.4,
+      "resize_prob": (0.2, 0.7, 0.1),
+      "resize_range": (0.15, 1.5),
+      "gaussian_noise_prob": 0.5,
+      "noise_range": (1.0, 30.0),
+      "poisson_scale_range": (0.05, 3.0),
+      "gray_noise_prob": 0.4,
       "jpeg_range": (30.0, 95.0),
-      "second_blur_prob": 0.8, "resize_prob2": (0.3, 0.4, 0.3), "resize_range2": (0.3, 1.2),
-      "gaussian_noise_prob2": 0.5, "noise_range2": (1.0, 25.0), "poisson_scale_range2": (0.05, 2.5),
-      "gray_noise_prob2": 0.4, "jpeg_range2": (30.0, 95.0),
-  })
+      "second_blur_prob": 0.8,
+      "resize_prob2": (0.3, 0.4, 0.3),
+      "resize_range2": (0.3, 1.2),
+      "gaussian_noise_prob2": 0.5,
+      "noise_range2": (1.0, 25.0),
+      "poisson_scale_range2": (0.05, 2.5),
+      "gray_noise_prob2": 0.4,
+      "jpeg_range2": (30.0, 95.0),
+    }
+  )
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "edsr"
@@ -70,7 +92,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.feature_weight = 0.0  # > 0 adds a feature (perceptual) loss from a frozen backbone
   config.loss.feature_backbone = "efficientnet_lite0"
   config.loss.feature_weights = "efficientnet_lite0"  # path or registry name
-  config.loss.feature_layers = (0, 1, 2)  # indices into the backbone's features (strides 2, 4, 8, ...)
+  config.loss.feature_layers = (
+    0,
+    1,
+    2,
+  )  # indices into the backbone's features (strides 2, 4, 8, ...)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # global, split over all devices of all hosts
@@ -87,7 +113,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.dirs = ("embedded:val",)  # folders of HR images, each reported under its folder name
   # Named benchmark sets (set5, set14, b100, urban100, manga109, div2k_val) or folders.
   config.eval.datasets = ()
-  config.eval.data_root = ""  # where the named sets live; "" = $SR_JAX_DATA or ~/.cache/sr_jax/datasets
+  config.eval.data_root = (
+    ""  # where the named sets live; "" = $SR_JAX_DATA or ~/.cache/sr_jax/datasets
+  )
   # LR sides padded (reflect) up to multiples of this, so image sizes don't each compile; 0 = exact
   # full images (one compile per size; BasicSR-identical borders).
   config.eval.bucket = 16

@@ -15,7 +15,9 @@ def get_config():
   config.model.name = "unet"
   config.model.encoder = ml_collections.ConfigDict()
   config.model.encoder.name = "efficientnet_lite0"
-  config.model.encoder.weights = "efficientnet_lite0"  # registry name of the offline ImageNet weights
+  config.model.encoder.weights = (
+    "efficientnet_lite0"  # registry name of the offline ImageNet weights
+  )
   # None: frozen ImageNet statistics with pretrained weights, batch statistics from scratch.
   config.model.encoder.freeze_bn = ml_collections.FieldReference(None, field_type=bool)
   config.model.decoder_features = (256, 128, 64, 64, 32)  # widths at strides 16, 8, 4, 2, 1

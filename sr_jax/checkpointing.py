@@ -16,20 +16,38 @@ def create_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.Chec
   A plain `best_fn` + `max_to_keep` could delete the latest checkpoint (resume would go back in
   time), hence the explicit preservation policy.
   """
-  preservation = policies.AnyPreservationPolicy([
+  preservation = policies.AnyPreservationPolicy(
+    [
       policies.LatestN(keep),
-      policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
-                     keep_checkpoints_without_metrics=False),
-  ])
+      policies.BestN(
+        get_metric_fn=lambda m: m[BEST_METRIC],
+        reverse=False,
+        n=1,
+        keep_checkpoints_without_metrics=False,
+      ),
+    ]
+  )
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=preservation, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
-      enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               item_names=("state", "data"), options=options)
+    preservation_policy=preservation,
+    best_fn=lambda m: m[BEST_METRIC],
+    best_mode="max",
+    enable_async_checkpointing=async_save,
+    create=True,
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), "checkpoints"),
+    item_names=("state", "data"),
+    options=options,
+  )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any,
-         metrics: dict[str, float] | None = None) -> None:
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  data_iterator: Any,
+  metrics: dict[str, float] | None = None,
+) -> None:
   """Saves asynchronously; the Grain iterator state is saved per process beside the state."""
   args = {"state": ocp.args.StandardSave(state)}
   if data_iterator is not None:
@@ -37,7 +55,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: A
   manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
+def restore(
+  manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator: Any = None
+) -> Any:
   """Restores the state (shardings from `abstract_state`) and, if given, the iterator in place."""
   args = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
@@ -57,5 +77,7 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
     return best if best is not None else manager.latest_step()
   step = int(which)
   if step not in steps:
-    raise FileNotFoundError(f"no checkpoint for step {step} in {manager.directory}; have {sorted(steps)}")
+    raise FileNotFoundError(
+      f"no checkpoint for step {step} in {manager.directory}; have {sorted(steps)}"
+    )
   return step

@@ -16,13 +16,8 @@ import sys
 
 import numpy as np
 
-from sr_jax import figures
-from sr_jax import metrics
-from sr_jax import sharding
-from sr_jax import tiling
-from sr_jax import upscale
-from sr_jax.data import image_io
-from sr_jax.data import pipeline
+from sr_jax import figures, metrics, sharding, tiling, upscale
+from sr_jax.data import image_io, pipeline
 from sr_jax.data.imresize import imresize
 
 
@@ -40,7 +35,9 @@ def load_hr_images(path: str, scale: int) -> list[pipeline.EvalImage]:
     return pipeline.load_eval_folder(path, scale)
   hr = pipeline.to_float(pipeline.mod_crop(image_io.read_image(path), scale))
   if min(hr.shape[:2]) < scale:
-    raise ValueError(f"{path!r}: image of {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
+    raise ValueError(
+      f"{path!r}: image of {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}"
+    )
   name = os.path.splitext(os.path.basename(path))[0]
   return [pipeline.EvalImage(name, pipeline.make_lr(hr, scale), hr)]
 
@@ -55,7 +52,9 @@ def parse_crop(text: str | None) -> tuple[int, int, int] | None:
   return top, left, size
 
 
-def load_models(workdirs: list[str], weights: list[str], checkpoint: str) -> list[tuple[str, object]]:
+def load_models(
+  workdirs: list[str], weights: list[str], checkpoint: str
+) -> list[tuple[str, object]]:
   """(label, model) for every --workdir then every --weights."""
   loaded = []
   for spec in workdirs:
@@ -69,27 +68,49 @@ def load_models(workdirs: list[str], weights: list[str], checkpoint: str) -> lis
   return loaded
 
 
-def compare_image(image: pipeline.EvalImage, predictors: list[tuple[str, object]], scale: int,
-                  crop: tuple[int, int, int] | None) -> tuple[object, dict[str, float]]:
+def compare_image(
+  image: pipeline.EvalImage,
+  predictors: list[tuple[str, object]],
+  scale: int,
+  crop: tuple[int, int, int] | None,
+) -> tuple[object, dict[str, float]]:
   """The figure of one image and the PSNR-Y of every panel."""
   panels = [("bicubic", np.clip(imresize(image.lr, scale), 0.0, 1.0))]
   panels += [(label, np.clip(predict(image.lr), 0.0, 1.0)) for label, predict in predictors]
   psnrs = {label: metrics.psnr_y(sr, image.hr, scale) for label, sr in panels}
-  figure = figures.zoom_comparison_figure(panels, image.hr, scale, crop, title=f"{image.name} x{scale}")
+  figure = figures.zoom_comparison_figure(
+    panels, image.hr, scale, crop, title=f"{image.name} x{scale}"
+  )
   return figure, psnrs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m sr_jax.compare", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m sr_jax.compare", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--hr", required=True, help="HR image file or folder (recursive)")
   parser.add_argument("--output", required=True, help="folder for the figures")
-  parser.add_argument("--workdir", action="append", default=[], help="[LABEL=]training workdir (repeatable)")
-  parser.add_argument("--weights", action="append", default=[], help="[LABEL=]pretrained weights (repeatable)")
-  parser.add_argument("--scale", type=int, help="SR factor; default: the models' (needed without models)")
-  parser.add_argument("--checkpoint", default="latest", help="checkpoint of every --workdir: latest, best, STEP")
-  parser.add_argument("--crop", help="TOP,LEFT,SIZE of the zoomed crop in HR pixels; default: automatic")
-  parser.add_argument("--tile", type=int, default=upscale.DEFAULT_TILE, help="LR tile core side; 0 = untiled")
-  parser.add_argument("--tile-overlap", type=int, default=upscale.DEFAULT_OVERLAP, help="LR context per side")
+  parser.add_argument(
+    "--workdir", action="append", default=[], help="[LABEL=]training workdir (repeatable)"
+  )
+  parser.add_argument(
+    "--weights", action="append", default=[], help="[LABEL=]pretrained weights (repeatable)"
+  )
+  parser.add_argument(
+    "--scale", type=int, help="SR factor; default: the models' (needed without models)"
+  )
+  parser.add_argument(
+    "--checkpoint", default="latest", help="checkpoint of every --workdir: latest, best, STEP"
+  )
+  parser.add_argument(
+    "--crop", help="TOP,LEFT,SIZE of the zoomed crop in HR pixels; default: automatic"
+  )
+  parser.add_argument(
+    "--tile", type=int, default=upscale.DEFAULT_TILE, help="LR tile core side; 0 = untiled"
+  )
+  parser.add_argument(
+    "--tile-overlap", type=int, default=upscale.DEFAULT_OVERLAP, help="LR context per side"
+  )
   return parser.parse_args(argv)
 
 
@@ -100,16 +121,26 @@ def main(argv: list[str] | None = None) -> int:
     models = load_models(args.workdir, args.weights, args.checkpoint)
     scales = {model.scale for _, model in models} | ({args.scale} if args.scale else set())
     if len(scales) != 1:
-      raise ValueError(f"the models and --scale disagree on the scale: {sorted(scales)}" if scales
-                       else "give --scale or at least one --workdir / --weights")
+      raise ValueError(
+        f"the models and --scale disagree on the scale: {sorted(scales)}"
+        if scales
+        else "give --scale or at least one --workdir / --weights"
+      )
     scale = scales.pop()
     images = load_hr_images(args.hr, scale)
   except (FileNotFoundError, ValueError, image_io.ImageReadError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   tile = args.tile if args.tile > 0 else None
-  predictors = [(label, tiling.upscale_fn(tiling.make_tile_fn(model), scale, tile, args.tile_overlap,
-                                          tiling.input_multiple(model))) for label, model in models]
+  predictors = [
+    (
+      label,
+      tiling.upscale_fn(
+        tiling.make_tile_fn(model), scale, tile, args.tile_overlap, tiling.input_multiple(model)
+      ),
+    )
+    for label, model in models
+  ]
   os.makedirs(args.output, exist_ok=True)
   for image in images:
     try:

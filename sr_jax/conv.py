@@ -30,13 +30,19 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 # The platforms whose programs use each rewrite (benchmarks/jax_worker.py widens them to measure
 # the rewrites on GPU/TPU).
-REWRITE_PLATFORMS = {"kernel_grad_by_image": ("cpu",), "tiny_as_matmul": ("cpu",), "depthwise_as_taps": ("cpu",)}
+REWRITE_PLATFORMS = {
+  "kernel_grad_by_image": ("cpu",),
+  "tiny_as_matmul": ("cpu",),
+  "depthwise_as_taps": ("cpu",),
+}
 
 
 def _per_platform(name, rewrite, xla_conv, *args):
   """`rewrite(*args)` in programs for REWRITE_PLATFORMS[name], `xla_conv(*args)` in the others."""
   platforms = REWRITE_PLATFORMS[name]
-  return lax.platform_dependent(*args, **{platform: rewrite for platform in platforms}, default=xla_conv)
+  return lax.platform_dependent(
+    *args, **{platform: rewrite for platform in platforms}, default=xla_conv
+  )
 
 
 _TINY_OUTPUT_PIXELS = 16
@@ -51,7 +57,9 @@ def _explicit_pads(padding, kernel_hw, image_hw, strides) -> tuple[tuple[int, in
 
 
 def _conv(x, kernel, pads, precision):
-  return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC, precision=precision)
+  return lax.conv_general_dilated(
+    x, kernel, (1, 1), pads, dimension_numbers=_NHWC, precision=precision
+  )
 
 
 def _taps(x, kernel_hw, strides, pads) -> list[jnp.ndarray]:
@@ -60,7 +68,11 @@ def _taps(x, kernel_hw, strides, pads) -> list[jnp.ndarray]:
   (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_hw, strides, pads
   out_h, out_w = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
   x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  return [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] for i in range(kh) for j in range(kw)]
+  return [
+    x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
+    for i in range(kh)
+    for j in range(kw)
+  ]
 
 
 def conv_as_matmul(x, kernel, strides, pads, precision=None):
@@ -79,7 +91,9 @@ def depthwise_conv_as_taps(x, kernel, strides, pads):
   if multiplier > 1:  # Output channel k reads input channel k // multiplier.
     x = jnp.repeat(x, multiplier, axis=-1)
   weights = kernel.reshape(kh * kw, o)
-  return functools.reduce(jnp.add, [tap * weights[t] for t, tap in enumerate(_taps(x, (kh, kw), strides, pads))])
+  return functools.reduce(
+    jnp.add, [tap * weights[t] for t, tap in enumerate(_taps(x, (kh, kw), strides, pads))]
+  )
 
 
 def _xla_kernel_grad(x, dy, kernel_shape, pads, precision):
@@ -118,10 +132,13 @@ def _kernel_grad_by_image(x, dy, kernel_shape, pads, precision):
   chunk = -(-per_shard // _MAX_KERNEL_GRAD_CHUNKS)
 
   def piece(a, start):
-    a = a.reshape(shards, per_shard, *a.shape[1:])[:, start:start + chunk]
+    a = a.reshape(shards, per_shard, *a.shape[1:])[:, start : start + chunk]
     return a.reshape(-1, *a.shape[2:])
 
-  parts = [grad(piece(x, i), piece(dy, i), kernel_shape, pads, precision) for i in range(0, per_shard, chunk)]
+  parts = [
+    grad(piece(x, i), piece(dy, i), kernel_shape, pads, precision)
+    for i in range(0, per_shard, chunk)
+  ]
   return functools.reduce(jnp.add, parts)
 
 
@@ -138,17 +155,33 @@ def _conv_bwd(pads, precision, residuals, dy):
   x, kernel = residuals
   dx = jax.vjp(lambda x: _conv(x, kernel, pads, precision), x)[1](dy)[0]
   grad_args = (kernel.shape, pads, precision)
-  dkernel = _per_platform("kernel_grad_by_image", lambda x, dy: _kernel_grad_by_image(x, dy, *grad_args),
-                          lambda x, dy: _xla_kernel_grad(x, dy, *grad_args), x, dy)
+  dkernel = _per_platform(
+    "kernel_grad_by_image",
+    lambda x, dy: _kernel_grad_by_image(x, dy, *grad_args),
+    lambda x, dy: _xla_kernel_grad(x, dy, *grad_args),
+    x,
+    dy,
+  )
   return dx, dkernel
 
 
 _conv_fast_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                         preferred_element_type=None, **kwargs):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+  **kwargs,
+):
   """`lax.conv_general_dilated`, fast on CPU too (see above); for `nnx.Conv(conv_general_dilated=...)`.
 
   Undilated NHWC/HWIO convs: depthwise ones become a sum of shifted images, ungrouped ones on tiny
@@ -156,28 +189,60 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   "SAME") get the image-by-image kernel gradient on CPU; any other conv goes to
   `lax.conv_general_dilated` unchanged.
   """
+
   def xla_conv(lhs, rhs):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, batch_group_count, precision,
-                                    preferred_element_type, **kwargs)
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      batch_group_count,
+      precision,
+      preferred_element_type,
+      **kwargs,
+    )
 
   undilated = lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1))
-  plain = (lhs.ndim == 4 and undilated and batch_group_count == 1 and preferred_element_type is None
-           and kwargs.get("out_sharding") is None
-           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
+  plain = (
+    lhs.ndim == 4
+    and undilated
+    and batch_group_count == 1
+    and preferred_element_type is None
+    and kwargs.get("out_sharding") is None
+    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    == lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  )
   if not plain:
     return xla_conv(lhs, rhs)
   strides = tuple(window_strides)
   kernel_hw, image_hw = rhs.shape[:2], lhs.shape[1:3]
   pads = _explicit_pads(padding, kernel_hw, image_hw, strides)
   if feature_group_count == lhs.shape[-1] and feature_group_count > 1:
-    return _per_platform("depthwise_as_taps", lambda x, k: depthwise_conv_as_taps(x, k, strides, pads), xla_conv, lhs, rhs)
+    return _per_platform(
+      "depthwise_as_taps",
+      lambda x, k: depthwise_conv_as_taps(x, k, strides, pads),
+      xla_conv,
+      lhs,
+      rhs,
+    )
   if feature_group_count != 1:
     return xla_conv(lhs, rhs)
-  out_hw = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(image_hw, pads, kernel_hw, strides)]
+  out_hw = [
+    (size + lo + hi - k) // s + 1
+    for size, (lo, hi), k, s in zip(image_hw, pads, kernel_hw, strides)
+  ]
   if out_hw[0] * out_hw[1] <= _TINY_OUTPUT_PIXELS:
-    return _per_platform("tiny_as_matmul", lambda x, k: conv_as_matmul(x, k, strides, pads, precision), xla_conv, lhs, rhs)
+    return _per_platform(
+      "tiny_as_matmul",
+      lambda x, k: conv_as_matmul(x, k, strides, pads, precision),
+      xla_conv,
+      lhs,
+      rhs,
+    )
   same_size = all(lo + hi == k - 1 for (lo, hi), k in zip(pads, kernel_hw))
   large = image_hw[0] * image_hw[1] >= _MIN_PIXELS_FOR_KERNEL_GRAD_BY_IMAGE
   if strides == (1, 1) and same_size and large and tuple(kernel_hw) != (1, 1):
@@ -185,6 +250,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   return xla_conv(lhs, rhs)
 
 
-def Conv(in_features: int, out_features: int, kernel_size, **kwargs) -> nnx.Conv:  # pylint: disable=invalid-name
+def Conv(in_features: int, out_features: int, kernel_size, **kwargs) -> nnx.Conv:
   """`nnx.Conv` whose convolution is `conv_general_dilated` above (fast on CPU, XLA's own elsewhere)."""
-  return nnx.Conv(in_features, out_features, kernel_size, conv_general_dilated=conv_general_dilated, **kwargs)
+  return nnx.Conv(
+    in_features, out_features, kernel_size, conv_general_dilated=conv_general_dilated, **kwargs
+  )

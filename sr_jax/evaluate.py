@@ -7,8 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sr_jax import data
-from sr_jax import metrics
+from sr_jax import data, metrics
 from sr_jax.data.imresize import imresize
 
 # lr [h, w, 3] float32 in [0, 1] -> sr [h*s, w*s, 3].
@@ -27,8 +26,9 @@ def dataset_name(spec: str) -> str:
   return data.folder_name(spec)
 
 
-def load_eval_sets(dir_specs: Sequence[str], scale: int, datasets: Sequence[str] = (),
-                   data_root: str = "") -> list[EvalSet]:
+def load_eval_sets(
+  dir_specs: Sequence[str], scale: int, datasets: Sequence[str] = (), data_root: str = ""
+) -> list[EvalSet]:
   """Loads each eval folder's HR images once, with their LR and bicubic versions.
 
   `dir_specs` are folders (`eval.dirs`), `datasets` named benchmark sets such as set5 or urban100
@@ -69,12 +69,14 @@ def bucketed(predict: PredictFn, multiple: int = 64, mode: str = "reflect") -> P
     padded = pad_to_bucket(lr, multiple, mode)
     sr = np.asarray(predict(padded))
     scale = sr.shape[0] // padded.shape[0]
-    return sr[:height * scale, :width * scale]
+    return sr[: height * scale, : width * scale]
 
   return predict_bucketed
 
 
-def evaluate(predict: PredictFn, eval_sets: Sequence[EvalSet], scale: int, bucket: int | None = None) -> dict:
+def evaluate(
+  predict: PredictFn, eval_sets: Sequence[EvalSet], scale: int, bucket: int | None = None
+) -> dict:
   """Mean PSNR-Y / SSIM-Y of `predict` and of bicubic on every set.
 
   Args:
@@ -94,12 +96,22 @@ def evaluate(predict: PredictFn, eval_sets: Sequence[EvalSet], scale: int, bucke
     rows = []
     for image, bicubic in zip(eval_set.images, eval_set.bicubic):
       sr = np.clip(np.asarray(predict(image.lr), np.float32), 0.0, 1.0)
-      rows.append((metrics.psnr_y(sr, image.hr, scale), metrics.ssim_y(sr, image.hr, scale),
-                   metrics.psnr_y(bicubic, image.hr, scale), metrics.ssim_y(bicubic, image.hr, scale)))
+      rows.append(
+        (
+          metrics.psnr_y(sr, image.hr, scale),
+          metrics.ssim_y(sr, image.hr, scale),
+          metrics.psnr_y(bicubic, image.hr, scale),
+          metrics.ssim_y(bicubic, image.hr, scale),
+        )
+      )
     mean = np.mean(np.asarray(rows, np.float64), axis=0)
-    results[eval_set.name] = {"psnr_y": float(mean[0]), "ssim_y": float(mean[1]),
-                              "bicubic_psnr_y": float(mean[2]), "bicubic_ssim_y": float(mean[3]),
-                              "num_images": len(rows)}
+    results[eval_set.name] = {
+      "psnr_y": float(mean[0]),
+      "ssim_y": float(mean[1]),
+      "bicubic_psnr_y": float(mean[2]),
+      "bicubic_ssim_y": float(mean[3]),
+      "num_images": len(rows),
+    }
   return results
 
 
@@ -109,10 +121,14 @@ def results_document(step: int, scale: int, dataset_results: dict) -> dict:
 
 def markdown_table(document: dict, model_name: str = "model") -> str:
   """One row per dataset for the model and one for bicubic."""
-  lines = [f"| dataset | method | PSNR-Y (dB) | SSIM-Y | images |", "|---|---|---|---|---|"]
+  lines = ["| dataset | method | PSNR-Y (dB) | SSIM-Y | images |", "|---|---|---|---|---|"]
   for name, r in document["datasets"].items():
-    lines.append(f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} | {r['num_images']} |")
-    lines.append(f"| {name} | {model_name} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['num_images']} |")
+    lines.append(
+      f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} | {r['num_images']} |"
+    )
+    lines.append(
+      f"| {name} | {model_name} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['num_images']} |"
+    )
   return "\n".join(lines)
 
 
@@ -120,7 +136,10 @@ def write_results(workdir: str, document: dict, model_name: str = "model") -> st
   """Writes eval_results.json and eval_results.md atomically; returns the Markdown table."""
   table = markdown_table(document, model_name)
   header = f"Evaluation at step {document['step']}, x{document['scale']}, border {document['scale']} px cropped, Y channel (BT.601).\n\n"
-  for filename, text in (("eval_results.json", json.dumps(document, indent=2)), ("eval_results.md", header + table + "\n")):
+  for filename, text in (
+    ("eval_results.json", json.dumps(document, indent=2)),
+    ("eval_results.md", header + table + "\n"),
+  ):
     tmp = os.path.join(workdir, filename + ".tmp")
     with open(tmp, "w") as f:
       f.write(text)

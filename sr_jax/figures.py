@@ -22,7 +22,7 @@ def _captioned(image: np.ndarray | Image.Image, caption: str) -> Image.Image:
   tile = image if isinstance(image, Image.Image) else Image.fromarray(metrics.to_uint8(image))
   max_chars = max(4, (tile.width - 6) // CHAR_WIDTH)
   if len(caption) > max_chars:
-    caption = caption[:max_chars - 1] + "~"
+    caption = caption[: max_chars - 1] + "~"
   canvas = Image.new("RGB", (tile.width, tile.height + CAPTION_HEIGHT), "white")
   canvas.paste(tile.convert("RGB"), (0, CAPTION_HEIGHT))
   ImageDraw.Draw(canvas).text((4, 3), caption, fill="black")
@@ -42,9 +42,16 @@ def _side_by_side(tiles: Sequence[Image.Image]) -> Image.Image:
 def auto_crop(bicubic: np.ndarray, hr: np.ndarray, size: int) -> tuple[int, int]:
   """(top, left) of the size x size HR window where bicubic's luma error is largest: where SR
   has the most to show."""
-  error = (metrics.rgb_to_y(metrics.to_uint8(bicubic)) - metrics.rgb_to_y(metrics.to_uint8(hr))) ** 2
+  error = (
+    metrics.rgb_to_y(metrics.to_uint8(bicubic)) - metrics.rgb_to_y(metrics.to_uint8(hr))
+  ) ** 2
   integral = np.pad(error.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-  sums = integral[size:, size:] - integral[:-size, size:] - integral[size:, :-size] + integral[:-size, :-size]
+  sums = (
+    integral[size:, size:]
+    - integral[:-size, size:]
+    - integral[size:, :-size]
+    + integral[:-size, :-size]
+  )
   top, left = np.unravel_index(np.argmax(sums), sums.shape)
   return int(top), int(left)
 
@@ -54,9 +61,14 @@ def default_crop_size(hr: np.ndarray) -> int:
   return int(min(min(hr.shape[:2]), max(16, min(128, min(hr.shape[:2]) // 4))))
 
 
-def zoom_comparison_figure(panels: Sequence[tuple[str, np.ndarray]], hr: np.ndarray, scale: int,
-                           crop: tuple[int, int, int] | None = None, zoom_size: int = 192,
-                           title: str = "") -> Image.Image:
+def zoom_comparison_figure(
+  panels: Sequence[tuple[str, np.ndarray]],
+  hr: np.ndarray,
+  scale: int,
+  crop: tuple[int, int, int] | None = None,
+  zoom_size: int = 192,
+  title: str = "",
+) -> Image.Image:
   """HR overview with the crop marked, then the zoomed crop of each panel and of HR.
 
   Args:
@@ -80,26 +92,34 @@ def zoom_comparison_figure(panels: Sequence[tuple[str, np.ndarray]], hr: np.ndar
     crop = (*auto_crop(panels[0][1], hr, size), size) if panels else (0, 0, size)
   top, left, size = crop
   if size < 1 or top < 0 or left < 0 or top + size > hr.shape[0] or left + size > hr.shape[1]:
-    raise ValueError(f"crop (top={top}, left={left}, size={size}) is not inside the {hr.shape[1]}x{hr.shape[0]} "
-                     "HR image")
+    raise ValueError(
+      f"crop (top={top}, left={left}, size={size}) is not inside the {hr.shape[1]}x{hr.shape[0]} "
+      "HR image"
+    )
 
   def zoomed(image: np.ndarray) -> Image.Image:
-    patch = metrics.to_uint8(image[top:top + size, left:left + size])
+    patch = metrics.to_uint8(image[top : top + size, left : left + size])
     return Image.fromarray(patch).resize((zoom_size, zoom_size), Image.Resampling.NEAREST)
 
   overview = Image.fromarray(metrics.to_uint8(hr))
   shrink = zoom_size / overview.height
-  overview = overview.resize((max(1, round(overview.width * shrink)), zoom_size), Image.Resampling.LANCZOS)
+  overview = overview.resize(
+    (max(1, round(overview.width * shrink)), zoom_size), Image.Resampling.LANCZOS
+  )
   box = [left * shrink, top * shrink, (left + size) * shrink - 1, (top + size) * shrink - 1]
   ImageDraw.Draw(overview).rectangle(box, outline=MARK_COLOR, width=2)
   tiles = [_captioned(overview, title or f"HR x{scale}, crop {size}px")]
-  tiles += [_captioned(zoomed(image), f"{name} {metrics.psnr_y(image, hr, scale):.2f} dB") for name, image in panels]
+  tiles += [
+    _captioned(zoomed(image), f"{name} {metrics.psnr_y(image, hr, scale):.2f} dB")
+    for name, image in panels
+  ]
   tiles.append(_captioned(zoomed(hr), "HR"))
   return _side_by_side(tiles)
 
 
-def comparison_figure(bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray, scale: int,
-                      model_name: str = "model") -> Image.Image:
+def comparison_figure(
+  bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray, scale: int, model_name: str = "model"
+) -> Image.Image:
   """bicubic | model | HR as zoomed crops beside the marked HR overview (all HR-sized RGB in
   [0, 1] or uint8); what training writes to comparison.png."""
   return zoom_comparison_figure([("bicubic", bicubic), (model_name, sr)], hr, scale)

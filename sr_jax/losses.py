@@ -23,7 +23,9 @@ class Loss:
   feature_layers: tuple[int, ...] = ()
   feature_graphdef: Any = None
 
-  def __call__(self, sr: jnp.ndarray, hr: jnp.ndarray, feature_state: Any = None) -> tuple[jnp.ndarray, dict]:
+  def __call__(
+    self, sr: jnp.ndarray, hr: jnp.ndarray, feature_state: Any = None
+  ) -> tuple[jnp.ndarray, dict]:
     parts = {"l1": jnp.mean(jnp.abs(sr - hr))}
     total = self.l1_weight * parts["l1"]
     if self.feature_weight:
@@ -36,7 +38,9 @@ class Loss:
     normalise = lambda x: (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     both = backbone.features(normalise(jnp.concatenate([sr, hr], axis=0)))
     n = sr.shape[0]
-    return jnp.mean(jnp.stack([jnp.mean(jnp.abs(both[i][:n] - both[i][n:])) for i in self.feature_layers]))
+    return jnp.mean(
+      jnp.stack([jnp.mean(jnp.abs(both[i][:n] - both[i][n:])) for i in self.feature_layers])
+    )
 
 
 def create_loss(loss_config: ml_collections.ConfigDict | None) -> tuple[Loss, Any]:
@@ -45,13 +49,19 @@ def create_loss(loss_config: ml_collections.ConfigDict | None) -> tuple[Loss, An
     return Loss(l1_weight=1.0), None
   if not loss_config.get("feature_weight", 0.0):
     return Loss(l1_weight=loss_config.l1_weight), None
-  from sr_jax.backbones import create_backbone  # pylint: disable=g-import-not-at-top
+  from sr_jax.backbones import create_backbone
 
-  backbone = create_backbone(loss_config.feature_backbone, weights=loss_config.feature_weights or None,
-                             head=False, frozen_bn=True)
+  backbone = create_backbone(
+    loss_config.feature_backbone,
+    weights=loss_config.feature_weights or None,
+    head=False,
+    frozen_bn=True,
+  )
   layers = tuple(int(i) for i in loss_config.feature_layers)
   if not layers or max(layers) >= len(backbone.feature_channels):
-    raise ValueError(f"config loss.feature_layers={layers} must index the backbone's "
-                     f"{len(backbone.feature_channels)} feature stages")
+    raise ValueError(
+      f"config loss.feature_layers={layers} must index the backbone's "
+      f"{len(backbone.feature_channels)} feature stages"
+    )
   graphdef, feature_state = nnx.split(backbone)
   return Loss(loss_config.l1_weight, loss_config.feature_weight, layers, graphdef), feature_state

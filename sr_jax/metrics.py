@@ -51,7 +51,9 @@ def _ssim_gray(a: np.ndarray, b: np.ndarray) -> float:
   var_a = blur(a * a) - mu_a**2
   var_b = blur(b * b) - mu_b**2
   cov = blur(a * b) - mu_a * mu_b
-  ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+  ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+    (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+  )
   return float(ssim_map.mean())
 
 

@@ -19,10 +19,16 @@ def create_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -
   kind = optim_config.schedule
   if kind == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=lr * optim_config.end_lr_factor)
+      init_value=0.0 if warmup else lr,
+      peak_value=lr,
+      warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=lr * optim_config.end_lr_factor,
+    )
   if kind == "step":
-    boundaries = {int(b * total_steps): optim_config.step_decay_factor for b in optim_config.step_decay_at}
+    boundaries = {
+      int(b * total_steps): optim_config.step_decay_factor for b in optim_config.step_decay_at
+    }
     decay = optax.piecewise_constant_schedule(lr, boundaries)
     if not warmup:
       return decay
@@ -48,27 +54,37 @@ def param_groups(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
 
 
-def create_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Schedule,
-                     freeze_encoder_steps: int = 0) -> optax.GradientTransformation:
+def create_optimizer(
+  optim_config: ml_collections.ConfigDict, schedule: optax.Schedule, freeze_encoder_steps: int = 0
+) -> optax.GradientTransformation:
   """Gradient clipping by global norm, then Adam(W); encoder params on their own schedule."""
 
   def adamw(learning_rate):
-    return optax.adamw(learning_rate, b1=optim_config.b1, b2=optim_config.b2,
-                       weight_decay=optim_config.weight_decay)
+    return optax.adamw(
+      learning_rate, b1=optim_config.b1, b2=optim_config.b2, weight_decay=optim_config.weight_decay
+    )
 
   lr_mult = optim_config.get("encoder_lr_mult", 1.0)
   if lr_mult == 1.0 and not freeze_encoder_steps:
     update = adamw(schedule)
   else:
     update = optax.multi_transform(
-        {ENCODER: adamw(encoder_schedule(schedule, lr_mult, freeze_encoder_steps)), "rest": adamw(schedule)},
-        param_groups)
+      {
+        ENCODER: adamw(encoder_schedule(schedule, lr_mult, freeze_encoder_steps)),
+        "rest": adamw(schedule),
+      },
+      param_groups,
+    )
   if optim_config.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), update)
   return update
 
 
-def from_config(config: ml_collections.ConfigDict) -> tuple[optax.Schedule, optax.GradientTransformation]:
+def from_config(
+  config: ml_collections.ConfigDict,
+) -> tuple[optax.Schedule, optax.GradientTransformation]:
   """The schedule and optimiser of a full config (optim.*, train.steps, train.freeze_encoder_steps)."""
   schedule = create_schedule(config.optim, config.train.steps)
-  return schedule, create_optimizer(config.optim, schedule, config.train.get("freeze_encoder_steps", 0))
+  return schedule, create_optimizer(
+    config.optim, schedule, config.train.get("freeze_encoder_steps", 0)
+  )

@@ -48,8 +48,9 @@ def use_every_cpu_core(num_devices: int | None = None, batch_size: int | None = 
 def create_mesh(devices=None) -> jax.sharding.Mesh:
   """A ("data",) mesh over `devices` (default: all devices of all processes)."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+    (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
@@ -63,12 +64,15 @@ def replicated(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
 def local_batch_size(global_batch_size: int) -> int:
   """This process's share of the global batch; it must split evenly over devices."""
   if global_batch_size % jax.device_count():
-    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by the "
-                     f"{jax.device_count()} devices")
+    raise ValueError(
+      f"train.batch_size={global_batch_size} is not divisible by the {jax.device_count()} devices"
+    )
   return global_batch_size // jax.process_count()
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+def global_batch(
+  local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
   """Assembles the global, data-sharded batch from each process's local examples."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
@@ -91,7 +95,9 @@ def jit_over_image_rows(forward: Callable, mesh: jax.sharding.Mesh) -> Callable:
   of all devices computing the whole image. The image height must be a multiple of the mesh size
   (see `rows_split_evenly`).
   """
-  return jax.jit(forward, in_shardings=(replicated(mesh), image_rows(mesh)), out_shardings=image_rows(mesh))
+  return jax.jit(
+    forward, in_shardings=(replicated(mesh), image_rows(mesh)), out_shardings=image_rows(mesh)
+  )
 
 
 def rows_split_evenly(height: int, mesh: jax.sharding.Mesh) -> bool:
@@ -126,8 +132,9 @@ def split_axis(shape: tuple[int, ...], num_shards: int, min_size: int | None = N
   return next((axis for axis, size in enumerate(shape) if size % num_shards == 0), None)
 
 
-def split_sharding(shape: tuple[int, ...], mesh: jax.sharding.Mesh, min_size: int | None = None
-                   ) -> jax.NamedSharding:
+def split_sharding(
+  shape: tuple[int, ...], mesh: jax.sharding.Mesh, min_size: int | None = None
+) -> jax.NamedSharding:
   """`shape` split along `split_axis` over the "data" axis of `mesh` (replicated if not splittable)."""
   axis = split_axis(tuple(shape), mesh.shape[DATA_AXIS], min_size)
   if axis is None:
@@ -147,9 +154,12 @@ def state_shardings(state: dict, mesh: jax.sharding.Mesh, min_size: int | None =
   only its slice; everything else is replicated. Depends on shapes only, so the same state gives
   the same layout at init, in the jitted step and at restore.
   """
-  return {key: split_shardings(value, mesh, min_size) if key in SPLIT_STATE_KEYS
-          else jax.tree.map(lambda _: replicated(mesh), value)
-          for key, value in state.items()}
+  return {
+    key: split_shardings(value, mesh, min_size)
+    if key in SPLIT_STATE_KEYS
+    else jax.tree.map(lambda _: replicated(mesh), value)
+    for key, value in state.items()
+  }
 
 
 def place_state(state: dict, mesh: jax.sharding.Mesh) -> dict:

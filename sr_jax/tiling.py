@@ -53,6 +53,7 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 class Window:
   """One network call: the LR window [top, top + height) x [left, left + width) of the (padded)
   image, of which the core rows [core_top, core_bottom) x cols [core_left, core_right) are kept."""
+
   top: int
   left: int
   core_top: int
@@ -80,7 +81,10 @@ def make_tile_fn(model: nnx.Module, device: jax.Device | None = None) -> TileFn:
     return lambda lr: forward_one(state_one, jnp.asarray(lr, jnp.float32))
 
   mesh = sharding.create_mesh(devices)
-  forward_rows, state_rows = sharding.jit_over_image_rows(forward, mesh), sharding.replicate(state, mesh)
+  forward_rows, state_rows = (
+    sharding.jit_over_image_rows(forward, mesh),
+    sharding.replicate(state, mesh),
+  )
 
   def tile_fn(lr):
     lr = np.asarray(lr, np.float32)
@@ -118,8 +122,9 @@ def _axis_windows(length: int, tile: int | None, overlap: int, align: int) -> tu
   return window, padded, spans
 
 
-def plan_windows(height: int, width: int, tile: int | None, overlap: int = 0, align: int = 1
-                 ) -> tuple[tuple[int, int], tuple[int, int], list[Window]]:
+def plan_windows(
+  height: int, width: int, tile: int | None, overlap: int = 0, align: int = 1
+) -> tuple[tuple[int, int], tuple[int, int], list[Window]]:
   """Plans the windows covering an LR image.
 
   Args:
@@ -172,12 +177,21 @@ def _from_unit_float(sr: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _batches(windows: Sequence[Window], batch_size: int) -> Iterator[list[Window]]:
   for i in range(0, len(windows), batch_size):
-    yield list(windows[i:i + batch_size])
+    yield list(windows[i : i + batch_size])
 
 
-def upscale_image(tile_fn: TileFn, lr: np.ndarray, scale: int, tile: int | None = 512, overlap: int = 32,
-                  *, align: int = 1, batch_size: int = 1, out_dtype: np.dtype | type | None = None,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+def upscale_image(
+  tile_fn: TileFn,
+  lr: np.ndarray,
+  scale: int,
+  tile: int | None = 512,
+  overlap: int = 32,
+  *,
+  align: int = 1,
+  batch_size: int = 1,
+  out_dtype: np.dtype | type | None = None,
+  progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
   """Super-resolves one LR image window by window (see the module docstring for the method).
 
   Args:
@@ -202,12 +216,14 @@ def upscale_image(tile_fn: TileFn, lr: np.ndarray, scale: int, tile: int | None 
   if channels not in (1, 3):
     raise ValueError(f"upscale_image: expected an RGB or gray image, got shape {lr.shape}")
   out_dtype = np.dtype(out_dtype or lr.dtype)
-  (window_h, window_w), (padded_h, padded_w), windows = plan_windows(height, width, tile, overlap, align)
+  (window_h, window_w), (padded_h, padded_w), windows = plan_windows(
+    height, width, tile, overlap, align
+  )
   image = _pad_reflect(image, padded_h, padded_w)
   out = np.empty((height * scale, width * scale, channels), out_dtype)
 
   def run(batch: list[Window]) -> jax.Array | np.ndarray:
-    crops = [image[w.top:w.top + window_h, w.left:w.left + window_w] for w in batch]
+    crops = [image[w.top : w.top + window_h, w.left : w.left + window_w] for w in batch]
     crops += [crops[0]] * (batch_size - len(crops))  # fixed batch shape: one compile
     x = _to_unit_float(np.stack(crops))
     return tile_fn(np.repeat(x, 3, axis=-1) if channels == 1 else x)
@@ -215,15 +231,21 @@ def upscale_image(tile_fn: TileFn, lr: np.ndarray, scale: int, tile: int | None 
   def store(batch: list[Window], result) -> None:
     result = np.asarray(result)
     if result.shape[1:3] != (window_h * scale, window_w * scale):
-      raise ValueError(f"the network maps a {window_h}x{window_w} LR window to {result.shape[1]}x"
-                       f"{result.shape[2]}, not x{scale}; is scale={scale} the network's factor?")
+      raise ValueError(
+        f"the network maps a {window_h}x{window_w} LR window to {result.shape[1]}x"
+        f"{result.shape[2]}, not x{scale}; is scale={scale} the network's factor?"
+      )
     for w, sr in zip(batch, result):
       y0, x0 = (w.core_top - w.top) * scale, (w.core_left - w.left) * scale
-      core = sr[y0:y0 + (w.core_bottom - w.core_top) * scale, x0:x0 + (w.core_right - w.core_left) * scale]
+      core = sr[
+        y0 : y0 + (w.core_bottom - w.core_top) * scale,
+        x0 : x0 + (w.core_right - w.core_left) * scale,
+      ]
       if channels == 1:
         core = (core @ LUMA_WEIGHTS)[:, :, None]
-      out[w.core_top * scale:w.core_bottom * scale, w.core_left * scale:w.core_right * scale] = (
-          _from_unit_float(core, out_dtype))
+      out[
+        w.core_top * scale : w.core_bottom * scale, w.core_left * scale : w.core_right * scale
+      ] = _from_unit_float(core, out_dtype)
     if progress is not None:
       progress(len(batch))
 
@@ -239,8 +261,10 @@ def upscale_image(tile_fn: TileFn, lr: np.ndarray, scale: int, tile: int | None 
   return out[:, :, 0] if squeeze else out
 
 
-def upscale_fn(tile_fn: TileFn, scale: int, tile: int | None = 512, overlap: int = 32, align: int = 1
-               ) -> Callable[[np.ndarray], np.ndarray]:
+def upscale_fn(
+  tile_fn: TileFn, scale: int, tile: int | None = 512, overlap: int = 32, align: int = 1
+) -> Callable[[np.ndarray], np.ndarray]:
   """`lr -> sr` (float32 [h, w, 3] in, raw float32 out) for `evaluate.evaluate` and figures."""
-  return lambda lr: upscale_image(tile_fn, np.asarray(lr, np.float32), scale, tile, overlap, align=align)
-
+  return lambda lr: upscale_image(
+    tile_fn, np.asarray(lr, np.float32), scale, tile, overlap, align=align
+  )

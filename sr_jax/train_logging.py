@@ -16,6 +16,7 @@ class MetricWriter:
     if truncate_after_step is not None and os.path.exists(self.path):
       _truncate_jsonl(self.path, truncate_after_step)
     from tensorboardX import SummaryWriter  # Heavy import; process 0 only.
+
     self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -13,17 +13,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sr_jax import checkpointing
-from sr_jax import losses
-from sr_jax import models
-from sr_jax import optim
-from sr_jax import sharding
+from sr_jax import checkpointing, losses, models, optim, sharding
 
 TrainState = dict[str, Any]
 
 
-def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                       loss_state: Any = None) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(
+  config: ml_collections.ConfigDict, tx: optax.GradientTransformation, loss_state: Any = None
+) -> tuple[nnx.GraphDef, TrainState]:
   """Builds the model (with any pretrained weights) and its train state.
 
   `loss_state`: the frozen weights a loss needs (feature backbone), carried but never trained.
@@ -31,9 +28,16 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
   model = models.create_model(config.model, config.data.scale, nnx.Rngs(config.seed))
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   if not jax.tree.leaves(params):
-    raise ValueError(f"model.name={config.model.name!r} has no trainable parameters; use --mode=eval")
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
-           "opt_state": tx.init(params), "rng": jax.random.PRNGKey(config.seed)}
+    raise ValueError(
+      f"model.name={config.model.name!r} has no trainable parameters; use --mode=eval"
+    )
+  state = {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "model_state": model_state,
+    "opt_state": tx.init(params),
+    "rng": jax.random.PRNGKey(config.seed),
+  }
   if config.train.ema_decay:
     state["ema_params"] = jax.tree.map(jnp.copy, params)
   if loss_state is not None:
@@ -55,8 +59,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str | int = "latest"
-                       ) -> tuple[nnx.GraphDef, TrainState, int]:
+def restore_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str, which: str | int = "latest"
+) -> tuple[nnx.GraphDef, TrainState, int]:
   """Restores the train state of checkpoint `which` (latest|best|STEP) in `workdir`.
 
   Laid out as training lays it out (`sharding.state_shardings`: params replicated, opt_state and

@@ -30,16 +30,22 @@ import numpy as np
 from PIL import Image
 import tqdm
 
-from sr_jax import sharding
-from sr_jax import tiling
+from sr_jax import sharding, tiling
 from sr_jax.data import image_io
 
 DEFAULT_TILE = 256  # EDSR-baseline x4: ~1 GB of activations for a 320x320 LR window on CPU
 DEFAULT_OVERLAP = 40  # >= EDSR-baseline's receptive-field radius (36 LR pixels): exact tiles
 
 # Which channel layouts each output format can hold in 8 bits; 16 bits only in PNG and TIFF.
-_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
-            ".tiff": "TIFF", ".webp": "WEBP"}
+_FORMATS = {
+  ".png": "PNG",
+  ".jpg": "JPEG",
+  ".jpeg": "JPEG",
+  ".bmp": "BMP",
+  ".tif": "TIFF",
+  ".tiff": "TIFF",
+  ".webp": "WEBP",
+}
 _NO_ALPHA = {"JPEG"}
 _NO_GRAY = {"WEBP"}
 _HIGH_DEPTH = {"PNG", "TIFF"}
@@ -48,8 +54,13 @@ _HIGH_DEPTH = {"PNG", "TIFF"}
 # --- Models --------------------------------------------------------------------------------------------
 
 
-def load_model(workdir: str | None = None, weights: str | None = None, model_name: str | None = None,
-               scale: int | None = None, checkpoint: str = "latest"):
+def load_model(
+  workdir: str | None = None,
+  weights: str | None = None,
+  model_name: str | None = None,
+  scale: int | None = None,
+  checkpoint: str = "latest",
+):
   """The SR network named by exactly one of `workdir`, `weights` or `model_name`.
 
   Args:
@@ -66,6 +77,7 @@ def load_model(workdir: str | None = None, weights: str | None = None, model_nam
     raise ValueError("give exactly one of --workdir, --weights or --model")
   if workdir is not None:
     from sr_jax import train_state  # lazily: restoring pulls in orbax and the optimiser
+
     config = train_state.load_config(workdir)
     which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
     graphdef, state, step = train_state.restore_checkpoint(config, workdir, which)
@@ -73,21 +85,26 @@ def load_model(workdir: str | None = None, weights: str | None = None, model_nam
     description = f"{config.model.name} step {step}"
   elif weights is not None:
     from sr_jax.models import load_pretrained_sr  # lazily: only this path reads weight files
+
     model = load_pretrained_sr(weights)
     description = os.path.basename(os.fspath(weights))
   else:
     from flax import nnx
     import jax
     import ml_collections
+
     from sr_jax import models
+
     if scale is None:
       raise ValueError(f"--model={model_name} needs --scale")
     model_config = ml_collections.ConfigDict({"name": model_name})
     # Shapes only: refusing a network with (untrained) parameters should not cost initialising it.
     abstract = nnx.eval_shape(lambda: models.create_model(model_config, scale, nnx.Rngs(0)))
     if jax.tree.leaves(nnx.state(abstract, nnx.Param)):
-      raise ValueError(f"--model={model_name} has untrained weights; use --workdir or --weights for a "
-                       "trained network (--model is for parameter-free ones such as bicubic)")
+      raise ValueError(
+        f"--model={model_name} has untrained weights; use --workdir or --weights for a "
+        "trained network (--model is for parameter-free ones such as bicubic)"
+      )
     model = models.create_model(model_config, scale, nnx.Rngs(0))
     description = model_name
   if scale is not None and model.scale != scale:
@@ -99,7 +116,9 @@ def load_model(workdir: str | None = None, weights: str | None = None, model_nam
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-  return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+  return (
+    struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+  )
 
 
 def _paeth_filtered(rows: np.ndarray, previous: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
@@ -111,12 +130,20 @@ def _paeth_filtered(rows: np.ndarray, previous: np.ndarray, bytes_per_pixel: int
   up_left = np.zeros_like(raw)
   up_left[:, bytes_per_pixel:] = up[:, :-bytes_per_pixel]
   estimate = left + up - up_left
-  d_left, d_up, d_up_left = np.abs(estimate - left), np.abs(estimate - up), np.abs(estimate - up_left)
-  predictor = np.where((d_left <= d_up) & (d_left <= d_up_left), left, np.where(d_up <= d_up_left, up, up_left))
+  d_left, d_up, d_up_left = (
+    np.abs(estimate - left),
+    np.abs(estimate - up),
+    np.abs(estimate - up_left),
+  )
+  predictor = np.where(
+    (d_left <= d_up) & (d_left <= d_up_left), left, np.where(d_up <= d_up_left, up, up_left)
+  )
   return ((raw - predictor) & 0xFF).astype(np.uint8)
 
 
-def write_png(path: str, pixels: np.ndarray, icc_profile: bytes | None = None, chunk_bytes: int = 1 << 22) -> None:
+def write_png(
+  path: str, pixels: np.ndarray, icc_profile: bytes | None = None, chunk_bytes: int = 1 << 22
+) -> None:
   """Writes uint8 / uint16 [h, w] or [h, w, c] (c = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) as a PNG.
 
   PIL cannot write 16-bit colour PNGs, and for 8 bits it first copies the image into its own
@@ -128,7 +155,9 @@ def write_png(path: str, pixels: np.ndarray, icc_profile: bytes | None = None, c
   image = pixels[:, :, None] if pixels.ndim == 2 else pixels
   height, width, channels = image.shape
   sample_bytes = pixels.dtype.itemsize
-  header = struct.pack(">IIBBBBB", width, height, 8 * sample_bytes, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
+  header = struct.pack(
+    ">IIBBBBB", width, height, 8 * sample_bytes, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0
+  )
   row_bytes = width * channels * sample_bytes
   rows_per_chunk = max(1, chunk_bytes // row_bytes)
   compressor = zlib.compressobj(6)
@@ -138,7 +167,7 @@ def write_png(path: str, pixels: np.ndarray, icc_profile: bytes | None = None, c
     if icc_profile:
       f.write(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
     for top in range(0, height, rows_per_chunk):
-      rows = np.ascontiguousarray(image[top:top + rows_per_chunk], pixels.dtype.newbyteorder(">"))
+      rows = np.ascontiguousarray(image[top : top + rows_per_chunk], pixels.dtype.newbyteorder(">"))
       rows = rows.reshape(-1, width * channels).view(np.uint8)
       lines = np.empty((len(rows), row_bytes + 1), np.uint8)
       lines[:, 0] = 4  # filter type: Paeth
@@ -165,8 +194,9 @@ def _on_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
   return np.rint(color * weight + peak * (1.0 - weight)).astype(color.dtype)
 
 
-def write_image(path: str, color: np.ndarray, alpha: np.ndarray | None = None,
-                icc_profile: bytes | None = None) -> list[str]:
+def write_image(
+  path: str, color: np.ndarray, alpha: np.ndarray | None = None, icc_profile: bytes | None = None
+) -> list[str]:
   """Writes an image in the format of `path`'s extension, keeping what that format can hold.
 
   Args:
@@ -180,7 +210,9 @@ def write_image(path: str, color: np.ndarray, alpha: np.ndarray | None = None,
   """
   ext = os.path.splitext(path)[1].lower()
   if ext not in _FORMATS:
-    raise ValueError(f"cannot write {path!r}: unknown image extension {ext!r}; known: {sorted(_FORMATS)}")
+    raise ValueError(
+      f"cannot write {path!r}: unknown image extension {ext!r}; known: {sorted(_FORMATS)}"
+    )
   fmt, notes = _FORMATS[ext], []
   if alpha is not None and fmt in _NO_ALPHA:
     color, alpha = _on_white(color, alpha), None
@@ -188,8 +220,11 @@ def write_image(path: str, color: np.ndarray, alpha: np.ndarray | None = None,
   if color.dtype == np.uint16 and fmt not in _HIGH_DEPTH:
     color, alpha = _to_8bit(color), None if alpha is None else _to_8bit(alpha)
     notes.append(f"{fmt} holds 8 bits per channel: 16-bit output rounded to 8 bits")
-  pixels = color if alpha is None else np.concatenate(
-      [color.reshape(color.shape[:2] + (-1,)), alpha[:, :, None]], axis=2)
+  pixels = (
+    color
+    if alpha is None
+    else np.concatenate([color.reshape(color.shape[:2] + (-1,)), alpha[:, :, None]], axis=2)
+  )
   partial = path + ".partial"  # renamed when complete: a failed write leaves no truncated image
   try:
     _write_pixels(partial, fmt, pixels, alpha is not None, icc_profile)
@@ -200,13 +235,22 @@ def write_image(path: str, color: np.ndarray, alpha: np.ndarray | None = None,
   return notes
 
 
-def _write_pixels(path: str, fmt: str, pixels: np.ndarray, has_alpha: bool, icc_profile: bytes | None) -> None:
+def _write_pixels(
+  path: str, fmt: str, pixels: np.ndarray, has_alpha: bool, icc_profile: bytes | None
+) -> None:
   if fmt == "PNG":
     write_png(path, pixels, icc_profile)
   elif pixels.dtype == np.uint16:  # TIFF
     import tifffile  # a dependency of scikit-image; PIL cannot write 16-bit colour TIFFs
-    tifffile.imwrite(path, pixels, photometric="rgb" if pixels.ndim == 3 and pixels.shape[2] >= 3 else "minisblack",
-                     extrasamples=["unassalpha"] if has_alpha else None, compression="zlib", iccprofile=icc_profile)
+
+    tifffile.imwrite(
+      path,
+      pixels,
+      photometric="rgb" if pixels.ndim == 3 and pixels.shape[2] >= 3 else "minisblack",
+      extrasamples=["unassalpha"] if has_alpha else None,
+      compression="zlib",
+      iccprofile=icc_profile,
+    )
   else:
     image = Image.fromarray(pixels)  # L, LA, RGB or RGBA from the shape
     if fmt in _NO_GRAY and image.mode in ("L", "LA"):
@@ -227,15 +271,33 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
   if alpha.dtype == np.uint8:
     return np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BICUBIC))
   # PIL's I;16 resampling is not accurate (errors of thousands of levels); float is.
-  resized = np.asarray(Image.fromarray(alpha.astype(np.float32)).resize(size, Image.Resampling.BICUBIC))
+  resized = np.asarray(
+    Image.fromarray(alpha.astype(np.float32)).resize(size, Image.Resampling.BICUBIC)
+  )
   return np.clip(np.rint(resized), 0, 65535).astype(np.uint16)
 
 
-def upscale_full_image(tile_fn: tiling.TileFn, image: image_io.FullImage, scale: int, tile: int | None,
-                       overlap: int, align: int = 1, batch_size: int = 1, progress=None) -> image_io.FullImage:
+def upscale_full_image(
+  tile_fn: tiling.TileFn,
+  image: image_io.FullImage,
+  scale: int,
+  tile: int | None,
+  overlap: int,
+  align: int = 1,
+  batch_size: int = 1,
+  progress=None,
+) -> image_io.FullImage:
   """Upscales colour through the network (keeping dtype and gray), alpha by bicubic."""
-  color = tiling.upscale_image(tile_fn, image.color, scale, tile, overlap, align=align, batch_size=batch_size,
-                               progress=progress)
+  color = tiling.upscale_image(
+    tile_fn,
+    image.color,
+    scale,
+    tile,
+    overlap,
+    align=align,
+    batch_size=batch_size,
+    progress=progress,
+  )
   alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
   return image_io.FullImage(color, alpha, image.icc_profile)
 
@@ -261,8 +323,15 @@ def _jobs(input_path: str, output: str, ext: str | None) -> list[tuple[str, str]
   return [(input_path, output_path(input_path, None, output, ext))]
 
 
-def upscale_files(tile_fn: tiling.TileFn, jobs: list[tuple[str, str]], scale: int, tile: int | None,
-                  overlap: int, align: int = 1, batch_size: int = 1) -> int:
+def upscale_files(
+  tile_fn: tiling.TileFn,
+  jobs: list[tuple[str, str]],
+  scale: int,
+  tile: int | None,
+  overlap: int,
+  align: int = 1,
+  batch_size: int = 1,
+) -> int:
   """Upscales every (input, output) pair; returns how many failed (each reported in one line)."""
   failures = 0
   files = tqdm.tqdm(jobs, desc="upscale", unit="image", dynamic_ncols=True)
@@ -274,9 +343,17 @@ def upscale_files(tile_fn: tiling.TileFn, jobs: list[tuple[str, str]], scale: in
         raise ValueError("output would overwrite the input; choose another --output or --ext")
       height, width = image.color.shape[:2]
       total = tiling.num_windows(height, width, tile, overlap, align)
-      with tqdm.tqdm(total=total, desc="tiles", unit="tile", leave=False, disable=total <= batch_size,
-                     dynamic_ncols=True) as tiles:
-        result = upscale_full_image(tile_fn, image, scale, tile, overlap, align, batch_size, tiles.update)
+      with tqdm.tqdm(
+        total=total,
+        desc="tiles",
+        unit="tile",
+        leave=False,
+        disable=total <= batch_size,
+        dynamic_ncols=True,
+      ) as tiles:
+        result = upscale_full_image(
+          tile_fn, image, scale, tile, overlap, align, batch_size, tiles.update
+        )
       os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
       for note in write_image(target, result.color, result.alpha, result.icc_profile):
         files.write(f"note: {target}: {note}")
@@ -289,18 +366,34 @@ def upscale_files(tile_fn: tiling.TileFn, jobs: list[tuple[str, str]], scale: in
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m sr_jax.upscale", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m sr_jax.upscale", description=__doc__.split("\n")[0]
+  )
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--workdir", help="training workdir (config.json + checkpoints)")
-  source.add_argument("--weights", help="pretrained weights: file (.pth, ncnn .param) or registry name")
+  source.add_argument(
+    "--weights", help="pretrained weights: file (.pth, ncnn .param) or registry name"
+  )
   source.add_argument("--model", help="parameter-free model name, e.g. bicubic (needs --scale)")
-  parser.add_argument("--scale", type=int, help="SR factor (required with --model; checked otherwise)")
-  parser.add_argument("--checkpoint", default="latest", help="with --workdir: latest, best or a step")
+  parser.add_argument(
+    "--scale", type=int, help="SR factor (required with --model; checked otherwise)"
+  )
+  parser.add_argument(
+    "--checkpoint", default="latest", help="with --workdir: latest, best or a step"
+  )
   parser.add_argument("--input", required=True, help="an image file or a folder (recursive)")
-  parser.add_argument("--output", required=True, help="output folder (or an image file for one input)")
-  parser.add_argument("--ext", help="output extension (png, jpg, tif, webp, bmp); default: the input's")
-  parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="LR tile core side; 0 = whole image")
-  parser.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, help="LR context pixels per side")
+  parser.add_argument(
+    "--output", required=True, help="output folder (or an image file for one input)"
+  )
+  parser.add_argument(
+    "--ext", help="output extension (png, jpg, tif, webp, bmp); default: the input's"
+  )
+  parser.add_argument(
+    "--tile", type=int, default=DEFAULT_TILE, help="LR tile core side; 0 = whole image"
+  )
+  parser.add_argument(
+    "--tile-overlap", type=int, default=DEFAULT_OVERLAP, help="LR context pixels per side"
+  )
   parser.add_argument("--batch-size", type=int, default=1, help="tiles per network call")
   return parser.parse_args(argv)
 
@@ -311,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ext and "." + args.ext.lstrip(".").lower() not in _FORMATS:
       raise ValueError(f"--ext={args.ext!r} is not a known image extension: {sorted(_FORMATS)}")
     jobs = _jobs(args.input, args.output, args.ext)
-    model, description = load_model(args.workdir, args.weights, args.model, args.scale, args.checkpoint)
+    model, description = load_model(
+      args.workdir, args.weights, args.model, args.scale, args.checkpoint
+    )
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -319,13 +414,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: no image files in {args.input!r}", file=sys.stderr)
     return 2
   tile = args.tile if args.tile > 0 else None
-  print(f"{description} x{model.scale}: {len(jobs)} image(s) -> {args.output} "
-        f"(tile {tile or 'off'}, overlap {args.tile_overlap})", file=sys.stderr)
-  failures = upscale_files(tiling.make_tile_fn(model), jobs, model.scale, tile, args.tile_overlap,
-                           tiling.input_multiple(model), args.batch_size)
+  print(
+    f"{description} x{model.scale}: {len(jobs)} image(s) -> {args.output} "
+    f"(tile {tile or 'off'}, overlap {args.tile_overlap})",
+    file=sys.stderr,
+  )
+  failures = upscale_files(
+    tiling.make_tile_fn(model),
+    jobs,
+    model.scale,
+    tile,
+    args.tile_overlap,
+    tiling.input_multiple(model),
+    args.batch_size,
+  )
   if failures:
-    print(f"error: {failures} of {len(jobs)} image(s) failed (see above); the others were written",
-          file=sys.stderr)
+    print(
+      f"error: {failures} of {len(jobs)} image(s) failed (see above); the others were written",
+      file=sys.stderr,
+    )
     return 1
   return 0
 

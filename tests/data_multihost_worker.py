@@ -14,34 +14,59 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def main(port: str, process_id: str, num_processes: str, image_dir: str, tfds_dir: str, out: str) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=int(num_processes),
-                             process_id=int(process_id), initialization_timeout=60,
-                             heartbeat_timeout_seconds=30, shutdown_timeout_seconds=30)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def main(
+  port: str, process_id: str, num_processes: str, image_dir: str, tfds_dir: str, out: str
+) -> None:
+  import jax
 
-  from sr_jax import data  # pylint: disable=g-import-not-at-top
-  from sr_jax import sharding  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(
+    coordinator_address=f"127.0.0.1:{port}",
+    num_processes=int(num_processes),
+    process_id=int(process_id),
+    initialization_timeout=60,
+    heartbeat_timeout_seconds=30,
+    shutdown_timeout_seconds=30,
+  )
+  from jax.experimental import multihost_utils
+  import numpy as np
+
+  from sr_jax import (
+    data,
+    sharding,
+  )
 
   mesh = sharding.create_mesh()
   global_batch_size = 2 * jax.device_count()
-  arrays = {"device_count": np.array(jax.device_count()),
-            "local_device_count": np.array(jax.local_device_count())}
+  arrays = {
+    "device_count": np.array(jax.device_count()),
+    "local_device_count": np.array(jax.local_device_count()),
+  }
   for source in ("folder", "tfds"):
     config = data.default_config()
-    config.update({"train_dirs": (image_dir,), "scale": 2, "patch_size": 4, "source": source,
-                   "tfds_name": "solid", "tfds_data_dir": tfds_dir})
-    iterator = data.create_train_iterator(config, seed=0,
-                                          local_batch_size=sharding.local_batch_size(global_batch_size),
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count())
+    config.update(
+      {
+        "train_dirs": (image_dir,),
+        "scale": 2,
+        "patch_size": 4,
+        "source": source,
+        "tfds_name": "solid",
+        "tfds_data_dir": tfds_dir,
+      }
+    )
+    iterator = data.create_train_iterator(
+      config,
+      seed=0,
+      local_batch_size=sharding.local_batch_size(global_batch_size),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
     local = next(iterator)
     batch = sharding.global_batch(local, mesh)
     assert batch["hr"].shape[0] == global_batch_size, batch["hr"].shape
     # What this process holds of the global array is exactly its local batch, in order.
-    rows = sorted((shard.index[0].start, np.asarray(shard.data)) for shard in batch["hr"].addressable_shards)
+    rows = sorted(
+      (shard.index[0].start, np.asarray(shard.data)) for shard in batch["hr"].addressable_shards
+    )
     np.testing.assert_array_equal(np.concatenate([r[1] for r in rows]), local["hr"])
     gathered = multihost_utils.process_allgather(batch, tiled=True)
     for key in ("lr", "hr"):

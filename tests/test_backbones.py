@@ -1,12 +1,17 @@
 """Backbones: parity with torchvision / efficientnet-lite-pytorch, loaders, BN folding, shapes."""
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from sr_jax.backbones import (BACKBONES, create_backbone, detect_backbone, fold_batchnorm,
-                              freeze_batchnorm)
+from sr_jax.backbones import (
+  BACKBONES,
+  create_backbone,
+  detect_backbone,
+  fold_batchnorm,
+  freeze_batchnorm,
+)
 from sr_jax.tools.convert import convert
 from sr_jax.weights import merge, porting, registry
 
@@ -32,7 +37,9 @@ def _run(net, images):
 
 def _torchvision_reference(torch, arch, tmp_path, fmt):
   """A torchvision net with random weights and non-trivial BN statistics, saved as `fmt`."""
-  torchvision = pytest.importorskip("torchvision", reason="parity extras not installed: make parity-deps")
+  torchvision = pytest.importorskip(
+    "torchvision", reason="parity extras not installed: make parity-deps"
+  )
   torch.manual_seed(0)
   model = getattr(torchvision.models, arch)()
   gen = torch.Generator().manual_seed(1)
@@ -51,6 +58,7 @@ def _torchvision_reference(torch, arch, tmp_path, fmt):
     torch.save(state, path)
   else:  # timm / Hugging Face style: same key names for plain ResNets
     from safetensors.torch import save_file
+
     path = tmp_path / f"{arch}.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
   images = torch.randn(2, 3, 64, 64, generator=gen)
@@ -81,8 +89,10 @@ def test_resnet_parity_with_torchvision(arch, fmt, tmp_path, resnet18_case):
   net = create_backbone(arch, weights=path, head=True)
   logits, feats = _run(net, images)
   errors = [_rel(logits, ref_logits)] + [_rel(f, r) for f, r in zip(feats, ref_feats)]
-  print(f"\n{arch} ({fmt}) parity, rel max abs diff: logits {errors[0]:.2e}, features "
-        + ", ".join(f"s{s} {e:.2e}" for s, e in zip((2, 4, 8, 16, 32), errors[1:])))
+  print(
+    f"\n{arch} ({fmt}) parity, rel max abs diff: logits {errors[0]:.2e}, features "
+    + ", ".join(f"s{s} {e:.2e}" for s, e in zip((2, 4, 8, 16, 32), errors[1:]))
+  )
   assert [f.shape[1] for f in feats] == [32, 16, 8, 4, 2]
   assert max(errors) < TOL, errors
 
@@ -131,13 +141,19 @@ def test_loaders_agree_and_report(resnet18_case, tmp_path):
 def test_batchnorm_modes(resnet18_case):
   path, images, _, _ = resnet18_case
   net = create_backbone("resnet18", weights=path, head=False)
-  assert all(m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm))
+  assert all(
+    m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm)
+  )
   pooled = nnx.eval_shape(lambda m, x: m(x), net, images[:1])
   assert pooled.shape == (1, 512)  # no head: pooled layer4 features
   freeze_batchnorm(net, False)  # batch statistics, e.g. for full fine-tuning
-  assert not any(m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm))
+  assert not any(
+    m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm)
+  )
   net.eval()  # NNX's switch works as well
-  assert all(m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm))
+  assert all(
+    m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm)
+  )
 
 
 @pytest.mark.parametrize("arch", ["resnet34", "resnet101", "resnet152"])
@@ -148,8 +164,9 @@ def test_resnet_shapes(arch):
   logits, feats = nnx.eval_shape(lambda m, x: (m(x), m.features(x)), net, images)
   assert logits.shape == (1, 1000)
   channels = (64, 64, 128, 256, 512) if arch == "resnet34" else (64, 256, 512, 1024, 2048)
-  assert [f.shape for f in feats] == [(1, 64 // s, 64 // s, c)
-                                     for s, c in zip((2, 4, 8, 16, 32), channels)]
+  assert [f.shape for f in feats] == [
+    (1, 64 // s, 64 // s, c) for s, c in zip((2, 4, 8, 16, 32), channels)
+  ]
   params = nnx.to_flat_state(nnx.state(net, nnx.Param))
   n_params = sum(int(np.prod(v.get_value().shape)) for _, v in params)
   expected = {"resnet34": 21_797_672, "resnet101": 44_549_160, "resnet152": 60_192_808}[arch]
@@ -159,6 +176,7 @@ def test_resnet_shapes(arch):
 def _chelsea() -> np.ndarray:
   skimage = pytest.importorskip("skimage")
   from skimage import data, transform
+
   image = transform.resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)
   return ((image - IMAGENET_MEAN) / IMAGENET_STD)[None]
 
@@ -173,14 +191,21 @@ def test_efficientnet_lite0_real_weights():
   top5 = np.argsort(-np.asarray(logits[0]))[:5].tolist()
   print(f"\nefficientnet_lite0 chelsea top-5 classes: {top5}")
   assert set(top5) & {281, 282, 283, 284, 285}, top5  # tabby, tiger cat, Persian, ..., Egyptian cat
-  assert [f.shape[1:] for f in feats] == [(112, 112, 16), (56, 56, 24), (28, 28, 40),
-                                          (14, 14, 112), (7, 7, 320)]
+  assert [f.shape[1:] for f in feats] == [
+    (112, 112, 16),
+    (56, 56, 24),
+    (28, 28, 40),
+    (14, 14, 112),
+    (7, 7, 320),
+  ]
 
   torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
-  reference = pytest.importorskip("efficientnet_lite_pytorch",
-                                  reason="parity extras not installed: make parity-deps")
+  reference = pytest.importorskip(
+    "efficientnet_lite_pytorch", reason="parity extras not installed: make parity-deps"
+  )
   model = reference.EfficientNet.from_pretrained(
-    "efficientnet-lite0", weights_path=str(registry.resolve("efficientnet_lite0"))).eval()
+    "efficientnet-lite0", weights_path=str(registry.resolve("efficientnet_lite0"))
+  ).eval()
   with torch.no_grad():
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     ref_logits = model(x).numpy()
@@ -191,9 +216,11 @@ def test_efficientnet_lite0_real_weights():
       if index in (0, 2, 4, 10, 15):
         ref_feats.append(_nhwc(h))
   errors = [_rel(logits, ref_logits)] + [_rel(f, r) for f, r in zip(feats, ref_feats)]
-  print(f"efficientnet_lite0 parity (real weights, 224x224), rel max abs diff: logits "
-        f"{errors[0]:.2e}, features " + ", ".join(f"s{s} {e:.2e}"
-                                                  for s, e in zip((2, 4, 8, 16, 32), errors[1:])))
+  print(
+    f"efficientnet_lite0 parity (real weights, 224x224), rel max abs diff: logits "
+    f"{errors[0]:.2e}, features "
+    + ", ".join(f"s{s} {e:.2e}" for s, e in zip((2, 4, 8, 16, 32), errors[1:]))
+  )
   assert max(errors) < TOL, errors
   assert int(np.argmax(ref_logits)) == int(np.argmax(logits))
 
@@ -206,5 +233,11 @@ def test_efficientnet_lite0_real_weights():
 def test_unknown_backbone():
   with pytest.raises(ValueError, match="resnet18"):
     create_backbone("resnet19")
-  assert BACKBONES == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                       "efficientnet_lite0")
+  assert BACKBONES == (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "efficientnet_lite0",
+  )

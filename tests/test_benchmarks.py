@@ -10,22 +10,36 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import run  # pylint: disable=g-import-not-at-top,wrong-import-position
+import run
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 REQUIRED = {"model", "task", "sr_jax_per_s", "torch_per_s", "ratio", "fraction_of_peak"}
 
 
 def test_run_writes_rows_for_each_model_and_task(tmp_path):
-  rows = run.main([f"--out={tmp_path}", "--models=edsr_tiny", "--repeats=1", "--min_repeat_s=0",
-                   "--matmul_sizes=128", "--torch_formats=contiguous", "--cpu_devices=2"])
+  rows = run.main(
+    [
+      f"--out={tmp_path}",
+      "--models=edsr_tiny",
+      "--repeats=1",
+      "--min_repeat_s=0",
+      "--matmul_sizes=128",
+      "--torch_formats=contiguous",
+      "--cpu_devices=2",
+    ]
+  )
   written = json.loads((tmp_path / "results.json").read_text())
   assert written == json.loads(json.dumps(rows))
-  assert [(r["model"], r["task"]) for r in written] == [("edsr_tiny", "train"), ("edsr_tiny", "infer")]
+  assert [(r["model"], r["task"]) for r in written] == [
+    ("edsr_tiny", "train"),
+    ("edsr_tiny", "infer"),
+  ]
   for row in written:
     assert REQUIRED <= set(row)
     assert row["sr_jax_per_s"] > 0 and 0 < row["fraction_of_peak"]
-    assert row["flops_per_call"] > 0 and row["sr_jax_devices"] == 2  # batch / image rows over 2 devices
+    assert (
+      row["flops_per_call"] > 0 and row["sr_jax_devices"] == 2
+    )  # batch / image rows over 2 devices
     if HAS_TORCH:
       assert row["ratio"] == pytest.approx(row["sr_jax_per_s"] / row["torch_per_s"])
       assert row["params_torch"] == row["params_sr_jax"]  # the same network on both sides

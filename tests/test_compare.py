@@ -5,9 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax import compare
-from sr_jax import figures
-from sr_jax import upscale
+from sr_jax import compare, figures, upscale
 from sr_jax.models.edsr import EDSR
 
 RNG = np.random.default_rng(0)
@@ -57,22 +55,43 @@ def test_cli_bicubic_and_a_model(hr_folder, tmp_path, monkeypatch, capsys):
 
   monkeypatch.setattr(upscale, "load_model", fake_load_model)
   out = tmp_path / "figures"
-  assert compare.main([f"--hr={hr_folder}", f"--output={out}", "--workdir=mine=/runs/w", "--weights=/w/x.pth",
-                       "--tile=8", "--tile-overlap=6"]) == 0
+  assert (
+    compare.main(
+      [
+        f"--hr={hr_folder}",
+        f"--output={out}",
+        "--workdir=mine=/runs/w",
+        "--weights=/w/x.pth",
+        "--tile=8",
+        "--tile-overlap=6",
+      ]
+    )
+    == 0
+  )
   assert loaded == ["/runs/w", "/w/x.pth"]
   assert sorted(p.name for p in out.iterdir()) == ["one.png", "two.png"]
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 2 and "bicubic" in lines[0] and "mine" in lines[0] and "edsr step 2" in lines[0]
+  assert (
+    len(lines) == 2 and "bicubic" in lines[0] and "mine" in lines[0] and "edsr step 2" in lines[0]
+  )
   # HR 34x41 is mod-cropped to 34x40; the overview is 192 high.
   assert Image.open(out / "one.png").height == 192 + figures.CAPTION_HEIGHT
-  assert compare.main([f"--hr={hr_folder}", f"--output={out}", "--workdir=/runs/w", "--scale=3"]) == 2
+  assert (
+    compare.main([f"--hr={hr_folder}", f"--output={out}", "--workdir=/runs/w", "--scale=3"]) == 2
+  )
   assert "disagree" in capsys.readouterr().err
 
 
 def test_cli_single_file_without_models(hr_folder, tmp_path, capsys):
   out = tmp_path / "figures"
-  assert compare.main([f"--hr={hr_folder / 'one.png'}", f"--output={out}", "--scale=2", "--crop=2,3,8"]) == 0
+  assert (
+    compare.main([f"--hr={hr_folder / 'one.png'}", f"--output={out}", "--scale=2", "--crop=2,3,8"])
+    == 0
+  )
   assert (out / "one.png").exists() and "bicubic" in capsys.readouterr().out
   assert compare.main([f"--hr={hr_folder}", f"--output={out}", "--scale=2", "--crop=30,0,16"]) == 2
   assert compare.main([f"--hr={hr_folder}", f"--output={out}"]) == 2
-  assert compare.split_label("a=/x/y") == ("a", "/x/y") and compare.split_label("/x/a=b") == (None, "/x/a=b")
+  assert compare.split_label("a=/x/y") == ("a", "/x/y") and compare.split_label("/x/a=b") == (
+    None,
+    "/x/a=b",
+  )

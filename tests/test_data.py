@@ -10,8 +10,7 @@ from PIL import Image
 import pytest
 
 from sr_jax import data
-from sr_jax.data import embedded
-from sr_jax.data import pipeline
+from sr_jax.data import embedded, pipeline
 
 SCALES = (2, 3, 4)
 
@@ -19,11 +18,13 @@ SCALES = (2, 3, 4)
 # --- A line-by-line numpy transcription of BasicSR's basicsr/utils/matlab_functions.py ------------
 # (torch ops replaced by numpy; float32 like torch), the reference for our matmul version.
 
+
 def _basicsr_cubic(x):
   absx = np.abs(x)
   absx2, absx3 = absx**2, absx**3
-  return ((1.5 * absx3 - 2.5 * absx2 + 1) * (absx <= 1) +
-          (-0.5 * absx3 + 2.5 * absx2 - 4 * absx + 2) * ((absx > 1) & (absx <= 2)))
+  return (1.5 * absx3 - 2.5 * absx2 + 1) * (absx <= 1) + (
+    -0.5 * absx3 + 2.5 * absx2 - 4 * absx + 2
+  ) * ((absx > 1) & (absx <= 2))
 
 
 def _basicsr_weights_indices(in_length, out_length, scale, kernel_width, antialiasing):
@@ -42,9 +43,9 @@ def _basicsr_weights_indices(in_length, out_length, scale, kernel_width, antiali
   weights = (weights / weights.sum(1, keepdims=True)).astype(np.float32)
   weights_zero_tmp = (weights == 0).sum(0)
   if not math.isclose(weights_zero_tmp[0], 0, rel_tol=1e-6):
-    indices, weights = indices[:, 1:p - 1], weights[:, 1:p - 1]
+    indices, weights = indices[:, 1 : p - 1], weights[:, 1 : p - 1]
   if not math.isclose(weights_zero_tmp[-1], 0, rel_tol=1e-6):
-    indices, weights = indices[:, 0:p - 2], weights[:, 0:p - 2]
+    indices, weights = indices[:, 0 : p - 2], weights[:, 0 : p - 2]
   sym_len_s = -indices.min() + 1
   sym_len_e = indices.max() - in_length
   indices = indices + sym_len_s - 1
@@ -55,28 +56,35 @@ def _basicsr_imresize(img, scale, antialiasing=True):
   img = img.transpose(2, 0, 1).astype(np.float32)
   in_c, in_h, in_w = img.shape
   out_h, out_w = math.ceil(in_h * scale), math.ceil(in_w * scale)
-  weights_h, indices_h, sym_len_hs, sym_len_he = _basicsr_weights_indices(in_h, out_h, scale, 4, antialiasing)
-  weights_w, indices_w, sym_len_ws, sym_len_we = _basicsr_weights_indices(in_w, out_w, scale, 4, antialiasing)
+  weights_h, indices_h, sym_len_hs, sym_len_he = _basicsr_weights_indices(
+    in_h, out_h, scale, 4, antialiasing
+  )
+  weights_w, indices_w, sym_len_ws, sym_len_we = _basicsr_weights_indices(
+    in_w, out_w, scale, 4, antialiasing
+  )
   img_aug = np.concatenate(
-      [img[:, :sym_len_hs][:, ::-1], img, img[:, -sym_len_he:][:, ::-1]], axis=1)
+    [img[:, :sym_len_hs][:, ::-1], img, img[:, -sym_len_he:][:, ::-1]], axis=1
+  )
   out_1 = np.zeros((in_c, out_h, in_w), np.float32)
   kernel_width = weights_h.shape[1]
   for i in range(out_h):
     idx = int(indices_h[i][0])
     for j in range(in_c):
-      out_1[j, i, :] = img_aug[j, idx:idx + kernel_width, :].T @ weights_h[i]
+      out_1[j, i, :] = img_aug[j, idx : idx + kernel_width, :].T @ weights_h[i]
   out_1_aug = np.concatenate(
-      [out_1[:, :, :sym_len_ws][:, :, ::-1], out_1, out_1[:, :, -sym_len_we:][:, :, ::-1]], axis=2)
+    [out_1[:, :, :sym_len_ws][:, :, ::-1], out_1, out_1[:, :, -sym_len_we:][:, :, ::-1]], axis=2
+  )
   out_2 = np.zeros((in_c, out_h, out_w), np.float32)
   kernel_width = weights_w.shape[1]
   for i in range(out_w):
     idx = int(indices_w[i][0])
     for j in range(in_c):
-      out_2[j, :, i] = out_1_aug[j, :, idx:idx + kernel_width] @ weights_w[i]
+      out_2[j, :, i] = out_1_aug[j, :, idx : idx + kernel_width] @ weights_w[i]
   return out_2.transpose(1, 2, 0)
 
 
 # --- Fixtures -----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def embedded_dirs(tmp_path_factory):
@@ -90,7 +98,7 @@ def photo_dir(tmp_path_factory, embedded_dirs):
   train_dir, _ = embedded_dirs
   for i, name in enumerate(sorted(os.listdir(train_dir))):
     img = data.read_image(os.path.join(train_dir, name))
-    Image.fromarray(img[100:180 + 4 * i, 100:190]).save(folder / f"{name[:-4]}.png")
+    Image.fromarray(img[100 : 180 + 4 * i, 100:190]).save(folder / f"{name[:-4]}.png")
   return str(folder)
 
 
@@ -125,6 +133,7 @@ def _assert_same_batches(a, b):
 
 # --- imresize -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("scale", SCALES)
 def test_imresize_matches_basicsr_transcription(scale):
   img = np.random.default_rng(scale).random((36, 45, 3), dtype=np.float32)
@@ -138,12 +147,21 @@ def test_imresize_matches_basicsr_transcription(scale):
 def test_imresize_interior_matches_pil_bicubic(scale, embedded_dirs):
   hr = data.read_image(os.path.join(embedded_dirs[0], "astronaut.png"))[:120, :96] / 255.0
   ours = data.imresize(hr, 1 / scale)
-  pil = np.stack([
-      np.asarray(Image.fromarray(hr[:, :, c].astype(np.float32), "F").resize(
-          (ours.shape[1], ours.shape[0]), Image.Resampling.BICUBIC)) for c in range(3)], axis=-1)
+  pil = np.stack(
+    [
+      np.asarray(
+        Image.fromarray(hr[:, :, c].astype(np.float32), "F").resize(
+          (ours.shape[1], ours.shape[0]), Image.Resampling.BICUBIC
+        )
+      )
+      for c in range(3)
+    ],
+    axis=-1,
+  )
   margin = 2  # border pixels differ: PIL renormalises truncated kernels, MATLAB mirrors
-  np.testing.assert_allclose(ours[margin:-margin, margin:-margin], pil[margin:-margin, margin:-margin],
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    ours[margin:-margin, margin:-margin], pil[margin:-margin, margin:-margin], atol=1e-4
+  )
   assert np.abs(ours[0] - pil[0]).max() > 1e-3
 
 
@@ -162,10 +180,13 @@ def test_imresize_shapes():
 
 # --- image reading ------------------------------------------------------------------------------
 
+
 def test_read_image_converts_modes_to_rgb(tmp_path):
   gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
   Image.fromarray(gray).save(tmp_path / "gray.png")
-  np.testing.assert_array_equal(data.read_image(str(tmp_path / "gray.png")), np.repeat(gray[..., None], 3, 2))
+  np.testing.assert_array_equal(
+    data.read_image(str(tmp_path / "gray.png")), np.repeat(gray[..., None], 3, 2)
+  )
 
   rgba = np.zeros((4, 4, 4), np.uint8)
   rgba[..., 0] = 200
@@ -175,7 +196,9 @@ def test_read_image_converts_modes_to_rgb(tmp_path):
   np.testing.assert_array_equal(out[0, 0], (200, 0, 0))
   np.testing.assert_array_equal(out[3, 3], (255, 255, 255))  # composited on white
 
-  Image.fromarray(np.full((5, 6, 3), (10, 20, 30), np.uint8)).convert("P").save(tmp_path / "pal.png")
+  Image.fromarray(np.full((5, 6, 3), (10, 20, 30), np.uint8)).convert("P").save(
+    tmp_path / "pal.png"
+  )
   assert data.read_image(str(tmp_path / "pal.png")).shape == (5, 6, 3)
 
   Image.fromarray(np.full((3, 3), 65535, np.uint16)).save(tmp_path / "deep.png")
@@ -199,12 +222,14 @@ def test_list_images(tmp_path):
   for name in ("b.PNG", "a.jpg", "sub/c.webp", "notes.txt", "._a.png"):
     (tmp_path / name).write_bytes(b"")
   assert data.list_images(str(tmp_path)) == [
-      str(tmp_path / n) for n in ("a.jpg", "b.PNG", "sub/c.webp")]
+    str(tmp_path / n) for n in ("a.jpg", "b.PNG", "sub/c.webp")
+  ]
   with pytest.raises(FileNotFoundError, match="missing"):
     data.list_images([str(tmp_path / "missing")])
 
 
 # --- training pipeline --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_batch_shapes_and_lr_hr_alignment(scale, photo_dir):
@@ -217,22 +242,30 @@ def test_batch_shapes_and_lr_hr_alignment(scale, photo_dir):
   # LR is the MATLAB bicubic downscale of its own HR patch (flips commute with it; the
   # 8-bit rounding of LR may move a value by one level).
   for lr, hr in zip(batch["lr"], batch["hr"]):
-    np.testing.assert_allclose(lr, np.clip(data.imresize(hr, 1 / scale), 0, 1), atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(
+      lr, np.clip(data.imresize(hr, 1 / scale), 0, 1), atol=0.5 / 255 + 1e-6
+    )
     assert np.mean(lr != data.make_lr(hr, scale)) < 0.01
   config.quantize_lr, config.augment = False, False
   batch = next(data.create_train_iterator(config, seed=0, local_batch_size=3))
-  np.testing.assert_allclose(batch["lr"], np.clip(data.imresize(batch["hr"], 1 / scale), 0, 1), atol=1e-6)
+  np.testing.assert_allclose(
+    batch["lr"], np.clip(data.imresize(batch["hr"], 1 / scale), 0, 1), atol=1e-6
+  )
 
 
 def test_determinism_and_seed(photo_dir):
   config = _config(photo_dir)
   first = _take(data.create_train_iterator(config, seed=7, local_batch_size=4), 3)
-  _assert_same_batches(first, _take(data.create_train_iterator(config, seed=7, local_batch_size=4), 3))
+  _assert_same_batches(
+    first, _take(data.create_train_iterator(config, seed=7, local_batch_size=4), 3)
+  )
   other = _take(data.create_train_iterator(config, seed=8, local_batch_size=4), 3)
   assert not np.array_equal(first[0]["hr"], other[0]["hr"])
   # Threads only change speed, not the batches.
   config.num_threads = 1
-  _assert_same_batches(first, _take(data.create_train_iterator(config, seed=7, local_batch_size=4), 3))
+  _assert_same_batches(
+    first, _take(data.create_train_iterator(config, seed=7, local_batch_size=4), 3)
+  )
 
 
 def test_iterator_state_round_trip(photo_dir):
@@ -251,14 +284,20 @@ def test_iterator_state_in_orbax_checkpoint(photo_dir, tmp_path):
   config = _config(photo_dir)
   iterator = data.create_train_iterator(config, seed=0, local_batch_size=2)
   _take(iterator, 5)
-  with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",),
-                             item_handlers={"data": grain.checkpoint.CheckpointHandler()}) as manager:
+  with ocp.CheckpointManager(
+    tmp_path / "ckpt",
+    item_names=("data",),
+    item_handlers={"data": grain.checkpoint.CheckpointHandler()},
+  ) as manager:
     manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
     manager.wait_until_finished()
   expected = _take(iterator, 2)
   fresh = data.create_train_iterator(config, seed=0, local_batch_size=2)
-  with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",),
-                             item_handlers={"data": grain.checkpoint.CheckpointHandler()}) as manager:
+  with ocp.CheckpointManager(
+    tmp_path / "ckpt",
+    item_names=("data",),
+    item_handlers={"data": grain.checkpoint.CheckpointHandler()},
+  ) as manager:
     manager.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
   _assert_same_batches(expected, _take(fresh, 2))
 
@@ -306,10 +345,13 @@ def test_images_over_cache_budget_are_read_per_example(photo_dir):
   config = _config(photo_dir)
   expected = _take(data.create_train_iterator(config, seed=3, local_batch_size=4), 2)
   config.cache_max_mb = 0
-  _assert_same_batches(expected, _take(data.create_train_iterator(config, seed=3, local_batch_size=4), 2))
+  _assert_same_batches(
+    expected, _take(data.create_train_iterator(config, seed=3, local_batch_size=4), 2)
+  )
 
 
 # --- evaluation images and embedded data ---------------------------------------------------------
+
 
 def test_load_eval_folder(tmp_path):
   img = np.random.default_rng(0).integers(0, 256, (50, 38, 3), dtype=np.uint8)
@@ -336,7 +378,11 @@ def test_embedded_photo_dirs(embedded_dirs):
   cache = os.path.dirname(os.path.dirname(train_dir))
   assert data.embedded_photo_dirs(cache) == embedded_dirs  # idempotent: nothing rewritten
   assert mtimes == {n: os.path.getmtime(os.path.join(train_dir, n)) for n in train}
-  assert data.resolve_dirs(("embedded:train", val_dir, "embedded:val"), cache) == [train_dir, val_dir, val_dir]
+  assert data.resolve_dirs(("embedded:train", val_dir, "embedded:val"), cache) == [
+    train_dir,
+    val_dir,
+    val_dir,
+  ]
   with pytest.raises(ValueError, match="embedded:test"):
     data.resolve_dirs("embedded:test", cache)
 

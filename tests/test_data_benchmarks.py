@@ -13,7 +13,9 @@ from sr_jax.data import benchmarks
 def _images(folder, n, size=(12, 12)):
   os.makedirs(folder, exist_ok=True)
   for i in range(n):
-    Image.fromarray(np.full(size + (3,), 20 * i % 256, np.uint8)).save(os.path.join(folder, f"img{i:03d}.png"))
+    Image.fromarray(np.full(size + (3,), 20 * i % 256, np.uint8)).save(
+      os.path.join(folder, f"img{i:03d}.png")
+    )
 
 
 def test_layouts_resolve_case_insensitively(tmp_path):
@@ -24,8 +26,13 @@ def test_layouts_resolve_case_insensitively(tmp_path):
   _images(os.path.join(root, "BSDS100"), 100, (4, 4))  # flat folder under another name
   _images(os.path.join(root, "DIV2K", "DIV2K_valid_HR"), 100, (4, 4))
   assert benchmarks.resolve_benchmark("set5", root) == (
-      "Set5", os.path.join(root, "benchmark", "Set5", "HR"))
-  assert benchmarks.resolve_benchmark("Set14", root) == ("Set14", os.path.join(root, "set14", "GTmod12"))
+    "Set5",
+    os.path.join(root, "benchmark", "Set5", "HR"),
+  )
+  assert benchmarks.resolve_benchmark("Set14", root) == (
+    "Set14",
+    os.path.join(root, "set14", "GTmod12"),
+  )
   assert benchmarks.resolve_benchmark("b100", root) == ("B100", os.path.join(root, "BSDS100"))
   assert benchmarks.resolve_benchmark("div2k_val", root).name == "DIV2K_val"
 
@@ -54,8 +61,11 @@ def test_eval_folders_combines_dirs_and_datasets(tmp_path):
   _images(plain, 2)
   folders = data.eval_folders(("embedded:val",), ("manga109", plain), root, cache_dir=cache)
   _, val_dir = data.embedded_photo_dirs(cache)
-  assert folders == [("embedded_val", val_dir), ("Manga109", os.path.join(root, "Manga109")),
-                     ("my_val", plain)]
+  assert folders == [
+    ("embedded_val", val_dir),
+    ("Manga109", os.path.join(root, "Manga109")),
+    ("my_val", plain),
+  ]
   with pytest.raises(ValueError, match="reported as \\['my_val'\\]"):
     data.eval_folders((plain,), (plain,), root)
   with pytest.raises(FileNotFoundError, match="nowhere"):

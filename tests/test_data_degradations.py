@@ -7,14 +7,15 @@ from PIL import Image
 import pytest
 
 from sr_jax import data
-from sr_jax.data import degradations
-from sr_jax.data import pipeline
+from sr_jax.data import degradations, pipeline
 
 
 @pytest.fixture(scope="module")
 def hr_patch(tmp_path_factory):
   train_dir, _ = data.embedded_photo_dirs(str(tmp_path_factory.mktemp("cache")))
-  return data.read_image(os.path.join(train_dir, "astronaut.png"))[100:196, 150:246] / np.float32(255)
+  return data.read_image(os.path.join(train_dir, "astronaut.png"))[100:196, 150:246] / np.float32(
+    255
+  )
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,14 @@ def photo_dir(tmp_path_factory, hr_patch):
 
 def _config(photo_dir, degradation):
   config = data.default_config()
-  config.update({"train_dirs": (photo_dir,), "scale": 4, "patch_size": 12, "degradation": degradation})
+  config.update(
+    {"train_dirs": (photo_dir,), "scale": 4, "patch_size": 12, "degradation": degradation}
+  )
   return config
 
 
 # --- kernels -------------------------------------------------------------------------------------
+
 
 def test_kernels_are_normalized_and_shaped():
   iso = degradations.gaussian_kernel(21, 2.0, 2.0, 0.0)
@@ -56,7 +60,9 @@ def test_kernels_are_normalized_and_shaped():
 def test_random_kernels_deterministic_and_cover_types():
   options = degradations.default_options()
   k1 = degradations.random_blur_kernel(options, np.random.default_rng(3), 1)
-  np.testing.assert_array_equal(k1, degradations.random_blur_kernel(options, np.random.default_rng(3), 1))
+  np.testing.assert_array_equal(
+    k1, degradations.random_blur_kernel(options, np.random.default_rng(3), 1)
+  )
   assert k1.shape == (21, 21)
   kinds = set()
   for seed in range(300):
@@ -65,7 +71,9 @@ def test_random_kernels_deterministic_and_cover_types():
     kinds.add(options["kernel_list"][kind_rng.choice(6, p=probs / probs.sum())])
   assert kinds == set(degradations.KERNEL_TYPES)
   with pytest.raises(ValueError, match="unknown blur kernel type 'box'"):
-    degradations.random_mixed_kernel(("box",), (1.0,), 7, (1, 2), (0.5, 4), (1, 2), np.random.default_rng(0))
+    degradations.random_mixed_kernel(
+      ("box",), (1.0,), 7, (1, 2), (0.5, 4), (1, 2), np.random.default_rng(0)
+    )
 
 
 def test_filter2d_identity_and_shift():
@@ -80,6 +88,7 @@ def test_filter2d_identity_and_shift():
 
 # --- resizing ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", degradations.RESIZE_MODES)
 def test_resize_matches_torch_interpolate(mode):
   torch = pytest.importorskip("torch")  # parity extras (make parity-deps); CI has them
@@ -87,7 +96,11 @@ def test_resize_matches_torch_interpolate(mode):
   tensor = torch.from_numpy(img).permute(2, 0, 1)[None]
   for size in ((11, 17), (80, 120), (37, 90)):
     kwargs = {} if mode == "area" else {"align_corners": False}
-    ref = torch.nn.functional.interpolate(tensor, size=size, mode=mode, **kwargs)[0].permute(1, 2, 0).numpy()
+    ref = (
+      torch.nn.functional.interpolate(tensor, size=size, mode=mode, **kwargs)[0]
+      .permute(1, 2, 0)
+      .numpy()
+    )
     np.testing.assert_allclose(degradations.resize(img, *size, mode), ref, atol=1e-5)
 
 
@@ -101,6 +114,7 @@ def test_resize_preserves_constants():
 
 
 # --- noise, JPEG, full pipeline ------------------------------------------------------------------
+
 
 def test_noise_and_jpeg(hr_patch):
   rng = np.random.default_rng(0)
@@ -119,26 +133,51 @@ def test_realesrgan_degrade_seed_deterministic(hr_patch):
   assert lr.shape == (24, 24, 3) and lr.dtype == np.float32
   assert lr.min() >= 0 and lr.max() <= 1
   np.testing.assert_array_equal(lr * 255, np.rint(lr * 255))  # 8-bit levels
-  np.testing.assert_array_equal(lr, degradations.realesrgan_degrade(hr_patch, 4, np.random.default_rng(7)))
-  others = [degradations.realesrgan_degrade(hr_patch, 4, np.random.default_rng(s)) for s in range(8, 14)]
+  np.testing.assert_array_equal(
+    lr, degradations.realesrgan_degrade(hr_patch, 4, np.random.default_rng(7))
+  )
+  others = [
+    degradations.realesrgan_degrade(hr_patch, 4, np.random.default_rng(s)) for s in range(8, 14)
+  ]
   assert all(not np.array_equal(lr, o) for o in others)
   bicubic = data.make_lr(hr_patch, 4)
   # Degraded, but still the same picture: closer to its own bicubic LR than to a flipped one.
   for out in [lr] + others:
     assert np.abs(out - bicubic).mean() < np.abs(out - bicubic[::-1, ::-1]).mean()
   # Without any degradation it reduces to a plain resize (no blur, noise or JPEG left to vary).
-  clean = degradations.realesrgan_degrade(hr_patch, 2, np.random.default_rng(0), {
-      "sinc_prob": 0.0, "blur_sigma": (0.1, 0.1), "kernel_list": ("iso",), "kernel_prob": (1.0,),
-      "second_blur_prob": 0.0, "final_sinc_prob": 0.0, "resize_prob": (0, 0, 1), "resize_prob2": (0, 0, 1),
-      "gaussian_noise_prob": 1.0, "noise_range": (0.0, 0.0), "gaussian_noise_prob2": 1.0,
-      "noise_range2": (0.0, 0.0), "jpeg_range": (100, 100), "jpeg_range2": (100, 100)})
-  assert clean.shape == (48, 48, 3) and np.abs(clean - degradations.resize(hr_patch, 48, 48, "area")).mean() < 0.03
+  clean = degradations.realesrgan_degrade(
+    hr_patch,
+    2,
+    np.random.default_rng(0),
+    {
+      "sinc_prob": 0.0,
+      "blur_sigma": (0.1, 0.1),
+      "kernel_list": ("iso",),
+      "kernel_prob": (1.0,),
+      "second_blur_prob": 0.0,
+      "final_sinc_prob": 0.0,
+      "resize_prob": (0, 0, 1),
+      "resize_prob2": (0, 0, 1),
+      "gaussian_noise_prob": 1.0,
+      "noise_range": (0.0, 0.0),
+      "gaussian_noise_prob2": 1.0,
+      "noise_range2": (0.0, 0.0),
+      "jpeg_range": (100, 100),
+      "jpeg_range2": (100, 100),
+    },
+  )
+  assert (
+    clean.shape == (48, 48, 3)
+    and np.abs(clean - degradations.resize(hr_patch, 48, 48, "area")).mean() < 0.03
+  )
 
 
 @pytest.mark.parametrize("degradation", ["bicubic", "realesrgan"])
 def test_pipeline_degradation_seed_deterministic(photo_dir, degradation):
   config = _config(photo_dir, degradation)
-  first = [next(data.create_train_iterator(config, seed=11, local_batch_size=3)) for _ in range(1)][0]
+  first = [next(data.create_train_iterator(config, seed=11, local_batch_size=3)) for _ in range(1)][
+    0
+  ]
   again = next(data.create_train_iterator(config, seed=11, local_batch_size=3))
   other = next(data.create_train_iterator(config, seed=12, local_batch_size=3))
   np.testing.assert_array_equal(first["lr"], again["lr"])
@@ -165,6 +204,7 @@ def test_realesrgan_options_override_from_config(photo_dir):
 
 def test_default_config_realesrgan_block_matches_code():
   from configs import default  # configs are data: they may not import sr_jax, so check they agree
+
   config = default.get_config()
   assert config.data.realesrgan.to_dict() == degradations.default_options()
   for key in ("source", "tfds_name", "tfds_data_dir", "tfds_split", "degradation", "train_lr_dirs"):

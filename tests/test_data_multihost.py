@@ -34,16 +34,38 @@ def worker_outputs(tmp_path_factory):
   image_dir = tmp / "solid"
   image_dir.mkdir()
   for i in range(8):  # solid colours: any crop tells which file it came from
-    Image.fromarray(np.full((12, 14, 3), (10 * i, 60, 120), np.uint8)).save(image_dir / f"img{i}.png")
+    Image.fromarray(np.full((12, 14, 3), (10 * i, 60, 120), np.uint8)).save(
+      image_dir / f"img{i}.png"
+    )
   prepare.prepare("solid", str(tmp / "tfds"), str(image_dir))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONPATH=ROOT)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    PYTHONPATH=ROOT,
+  )
   port = _free_port()
   outs = [str(tmp / f"process{i}.npz") for i in range(NUM_PROCESSES)]
-  procs = [subprocess.Popen([sys.executable, WORKER, str(port), str(i), str(NUM_PROCESSES), str(image_dir),
-                             str(tmp / "tfds"), outs[i]], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(NUM_PROCESSES)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        WORKER,
+        str(port),
+        str(i),
+        str(NUM_PROCESSES),
+        str(image_dir),
+        str(tmp / "tfds"),
+        outs[i],
+      ],
+      env=env,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(NUM_PROCESSES)
+  ]
   logs = []
   try:
     for proc in procs:
@@ -60,7 +82,10 @@ def worker_outputs(tmp_path_factory):
 
 @pytest.mark.parametrize("source", ["folder", "tfds"])
 def test_each_process_reads_its_own_shard(worker_outputs, source):
-  assert int(worker_outputs[0]["device_count"]) == 4 and int(worker_outputs[0]["local_device_count"]) == 2
+  assert (
+    int(worker_outputs[0]["device_count"]) == 4
+    and int(worker_outputs[0]["local_device_count"]) == 2
+  )
   seen = [_file_ids(out[f"{source}_local_hr"]) for out in worker_outputs]
   assert seen[0] <= {0, 2, 4, 6} and seen[1] <= {1, 3, 5, 7}  # sorted files [i::2]: disjoint
   assert all(out[f"{source}_local_hr"].shape == (4, 8, 8, 3) for out in worker_outputs)

@@ -10,8 +10,7 @@ from PIL import Image
 import pytest
 
 from sr_jax import data
-from sr_jax.data import prepare
-from sr_jax.data import tfds_source
+from sr_jax.data import prepare, tfds_source
 
 
 def _take(iterator, n):
@@ -38,7 +37,7 @@ def photo_dir(tmp_path_factory):
   folder = tmp_path_factory.mktemp("photos")
   for i, name in enumerate(sorted(os.listdir(train_dir))):
     img = data.read_image(os.path.join(train_dir, name))
-    Image.fromarray(img[60:160 + 8 * i, 80:196]).save(folder / f"{i}_{name}")
+    Image.fromarray(img[60 : 160 + 8 * i, 80:196]).save(folder / f"{i}_{name}")
   Image.fromarray(img[:70, :90]).save(folder / "9_last.jpg", quality=90)
   return str(folder)
 
@@ -73,8 +72,11 @@ def test_prepare_round_trip_equals_folder_source(photo_dir, tfds_dir):
   _assert_same_batches(folder, _take(data.create_train_iterator(raw_config, 5, 4), 4))
   for process_index in (0, 1):  # shards are the same [i::n] of the same order
     _assert_same_batches(
-        _take(data.create_train_iterator(_config(train_dirs=(photo_dir,)), 5, 2, process_index, 2), 2),
-        _take(data.create_train_iterator(tfds_config, 5, 2, process_index, 2), 2))
+      _take(
+        data.create_train_iterator(_config(train_dirs=(photo_dir,)), 5, 2, process_index, 2), 2
+      ),
+      _take(data.create_train_iterator(tfds_config, 5, 2, process_index, 2), 2),
+    )
   assert "tensorflow" not in sys.modules
 
 
@@ -110,8 +112,14 @@ def test_prepare_paired_subimages(tmp_path, photo_dir):
     lr = np.rint(data.make_lr(hr / np.float32(255), 4) * 255).astype(np.uint8)
     Image.fromarray(hr).save(hr_dir / f"{i:04d}.png")
     Image.fromarray(lr).save(lr_dir / f"{i:04d}x4.png")  # DIV2K naming
-  counts = prepare.prepare("paired", str(tmp_path / "tfds"), str(hr_dir), str(lr_dir), scale=4,
-                           options=prepare.SubImageOptions(crop_size=48, step=24))
+  counts = prepare.prepare(
+    "paired",
+    str(tmp_path / "tfds"),
+    str(hr_dir),
+    str(lr_dir),
+    scale=4,
+    options=prepare.SubImageOptions(crop_size=48, step=24),
+  )
   source = tfds_source.TfdsImages("paired", "train", str(tmp_path / "tfds"), paired=True, scale=4)
   assert counts["train"]["examples"] == len(source) > 3
   for i in range(len(source)):
@@ -121,8 +129,15 @@ def test_prepare_paired_subimages(tmp_path, photo_dir):
   hr0 = data.read_image(str(hr_dir / "0000.png"))
   np.testing.assert_array_equal(source[0]["hr"], hr0[:48, :48])
   assert source.record_name(0) == "0000_s001"
-  config = _config(scale=4, patch_size=6, source="tfds", tfds_name="paired",
-                   tfds_data_dir=str(tmp_path / "tfds"), degradation="paired", augment=False)
+  config = _config(
+    scale=4,
+    patch_size=6,
+    source="tfds",
+    tfds_name="paired",
+    tfds_data_dir=str(tmp_path / "tfds"),
+    degradation="paired",
+    augment=False,
+  )
   batch = next(data.create_train_iterator(config, 0, 4))
   assert batch["lr"].shape == (4, 6, 6, 3) and batch["hr"].shape == (4, 24, 24, 3)
   # Stored LR crops match the bicubic LR of their HR crops (the LR was made that way).
@@ -132,27 +147,46 @@ def test_prepare_paired_subimages(tmp_path, photo_dir):
 
 def test_prepare_cli_and_errors(tmp_path, photo_dir, capsys):
   out = str(tmp_path / "tfds")
-  assert prepare.main(["--name=cli_set", f"--data_dir={out}", f"--hr_dir={photo_dir}",
-                       f"--val_hr_dir={photo_dir}", "--crop_size=64", "--num_workers=1"]) == 0
+  assert (
+    prepare.main(
+      [
+        "--name=cli_set",
+        f"--data_dir={out}",
+        f"--hr_dir={photo_dir}",
+        f"--val_hr_dir={photo_dir}",
+        "--crop_size=64",
+        "--num_workers=1",
+      ]
+    )
+    == 0
+  )
   assert "--config.data.tfds_name=cli_set" in capsys.readouterr().out
   source = tfds_source.TfdsImages("cli_set", "validation", out)
   assert len(source) > 7 and all(max(source[i].shape[:2]) <= 64 for i in range(len(source)))
   assert prepare.main(["--name=cli_set", f"--data_dir={out}", f"--hr_dir={photo_dir}"]) == 2
   assert "already exists" in capsys.readouterr().err
   assert prepare.main(["--name=Bad-Name", f"--data_dir={out}", f"--hr_dir={photo_dir}"]) == 2
-  assert prepare.main(["--name=x", f"--data_dir={out}", f"--hr_dir={photo_dir}",
-                       f"--lr_dir={photo_dir}"]) == 2
+  assert (
+    prepare.main(
+      ["--name=x", f"--data_dir={out}", f"--hr_dir={photo_dir}", f"--lr_dir={photo_dir}"]
+    )
+    == 2
+  )
   assert "--scale is required" in capsys.readouterr().err
   with pytest.raises(FileNotFoundError, match="not prepared|not found"):
-    data.create_train_iterator(_config(source="tfds", tfds_name="nothing_here", tfds_data_dir=out), 0, 2)
+    data.create_train_iterator(
+      _config(source="tfds", tfds_name="nothing_here", tfds_data_dir=out), 0, 2
+    )
   with pytest.raises(ValueError, match="no split 'test'"):
-    data.create_train_iterator(_config(source="tfds", tfds_name="cli_set", tfds_data_dir=out,
-                                       tfds_split="test"), 0, 2)
+    data.create_train_iterator(
+      _config(source="tfds", tfds_name="cli_set", tfds_data_dir=out, tfds_split="test"), 0, 2
+    )
   with pytest.raises(ValueError, match="needs data.tfds_name"):
     data.create_train_iterator(_config(source="tfds"), 0, 2)
   with pytest.raises(ValueError, match=r"features \['hr', 'name'\].*needs \['hr', 'lr'\]"):
-    data.create_train_iterator(_config(source="tfds", tfds_name="cli_set", tfds_data_dir=out,
-                                       degradation="paired"), 0, 2)
+    data.create_train_iterator(
+      _config(source="tfds", tfds_name="cli_set", tfds_data_dir=out, degradation="paired"), 0, 2
+    )
 
 
 def _write_div2k_like(data_dir, examples):
@@ -160,12 +194,19 @@ def _write_div2k_like(data_dir, examples):
   import tensorflow_datasets as tfds
 
   class Div2kLike(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="bicubic_x4", version=tfds.core.Version("2.0.0"))]
+    BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="bicubic_x4", version=tfds.core.Version("2.0.0"))
+    ]
     code_path = None
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-          {"lr": tfds.features.Image(), "hr": tfds.features.Image()}), supervised_keys=("lr", "hr"))
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {"lr": tfds.features.Image(), "hr": tfds.features.Image()}
+        ),
+        supervised_keys=("lr", "hr"),
+      )
 
     def _split_generators(self, dl_manager):
       return {"train": self._generate_examples()}
@@ -175,8 +216,9 @@ def _write_div2k_like(data_dir, examples):
         yield f"{i:04d}x4.png", example
 
   Div2kLike.name = "div2k"
-  Div2kLike(data_dir=data_dir, config="bicubic_x4", file_format="array_record").download_and_prepare(
-      download_dir=os.path.join(data_dir, "..", "downloads"))
+  Div2kLike(
+    data_dir=data_dir, config="bicubic_x4", file_format="array_record"
+  ).download_and_prepare(download_dir=os.path.join(data_dir, "..", "downloads"))
 
 
 def test_catalog_div2k_layout_and_bad_records(tmp_path, caplog):
@@ -187,13 +229,22 @@ def test_catalog_div2k_layout_and_bad_records(tmp_path, caplog):
     lr = np.rint(data.make_lr(hr / np.float32(255), 4) * 255).astype(np.uint8)
     good.append({"lr": _png(lr), "hr": _png(hr)})
   corrupt = {"lr": b"\x89PNG not really", "hr": b"garbage"}
-  wrong_scale = {"lr": _png(np.zeros((20, 20, 3), np.uint8)), "hr": _png(np.zeros((64, 64, 3), np.uint8))}
+  wrong_scale = {
+    "lr": _png(np.zeros((20, 20, 3), np.uint8)),
+    "hr": _png(np.zeros((64, 64, 3), np.uint8)),
+  }
   tiny = {"lr": _png(np.zeros((4, 4, 3), np.uint8)), "hr": _png(np.zeros((16, 16, 3), np.uint8))}
   data_dir = str(tmp_path / "tfds")
   _write_div2k_like(data_dir, good + [corrupt, wrong_scale, tiny])
 
-  config = _config(scale=4, patch_size=8, source="tfds", tfds_name="div2k/bicubic_x4",
-                   tfds_data_dir=data_dir, degradation="paired")
+  config = _config(
+    scale=4,
+    patch_size=8,
+    source="tfds",
+    tfds_name="div2k/bicubic_x4",
+    tfds_data_dir=data_dir,
+    degradation="paired",
+  )
   with caplog.at_level(logging.WARNING, logger="sr_jax.data"):
     batches = _take(data.create_train_iterator(config, 0, 4), 30)
   assert all(b["hr"].shape == (4, 32, 32, 3) and b["lr"].shape == (4, 8, 8, 3) for b in batches)
@@ -212,7 +263,14 @@ def test_catalog_div2k_layout_and_bad_records(tmp_path, caplog):
 def test_all_records_bad_is_an_error_not_a_hang(tmp_path):
   data_dir = str(tmp_path / "tfds")
   _write_div2k_like(data_dir, [{"lr": b"x", "hr": b"y"}] * 2)
-  config = _config(scale=4, patch_size=8, source="tfds", tfds_name="div2k/bicubic_x4",
-                   tfds_data_dir=data_dir, degradation="paired", num_threads=1)
+  config = _config(
+    scale=4,
+    patch_size=8,
+    source="tfds",
+    tfds_name="div2k/bicubic_x4",
+    tfds_data_dir=data_dir,
+    degradation="paired",
+    num_threads=1,
+  )
   with pytest.raises(ValueError, match="none of the 2 records"):
     next(data.create_train_iterator(config, 0, 2))

@@ -27,9 +27,12 @@ def test_psnr_and_ssim_match_skimage(pair, border):
   sr, hr = pair
   crop = (slice(border, -border or None),) * 2
   y_sr, y_hr = metrics.rgb_to_y(sr)[crop], metrics.rgb_to_y(hr)[crop]
-  assert metrics.psnr_y(sr, hr, border) == pytest.approx(peak_signal_noise_ratio(y_hr, y_sr, data_range=255), abs=1e-9)
-  expected = structural_similarity(y_sr, y_hr, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                   data_range=255)
+  assert metrics.psnr_y(sr, hr, border) == pytest.approx(
+    peak_signal_noise_ratio(y_hr, y_sr, data_range=255), abs=1e-9
+  )
+  expected = structural_similarity(
+    y_sr, y_hr, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+  )
   assert metrics.ssim_y(sr, hr, border) == pytest.approx(expected, abs=1e-9)
 
 

@@ -26,9 +26,13 @@ def test_pixel_shuffle_matches_torch_channel_order():
 
 def test_pixel_shuffle_against_torch():
   torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
-  x = np.random.default_rng(1).normal(size=(2, 12, 5, 7)).astype(np.float32)  # NCHW, 3 channels x 2*2
+  x = (
+    np.random.default_rng(1).normal(size=(2, 12, 5, 7)).astype(np.float32)
+  )  # NCHW, 3 channels x 2*2
   expected = torch.nn.functional.pixel_shuffle(torch.from_numpy(x), 2).numpy().transpose(0, 2, 3, 1)
-  np.testing.assert_array_equal(np.asarray(pixel_shuffle(jnp.asarray(x.transpose(0, 2, 3, 1)), 2)), expected)
+  np.testing.assert_array_equal(
+    np.asarray(pixel_shuffle(jnp.asarray(x.transpose(0, 2, 3, 1)), 2)), expected
+  )
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -22,14 +22,14 @@ CELL_TIMEOUT_S = 600
 def kernel_env(tmp_path_factory, request):
   root = tmp_path_factory.mktemp("notebooks")
   return {
-      "SR_JAX_NOTEBOOK_SMOKE": "1",
-      # 2 simulated devices, not the suite's 8: a kernel holding two U-Nets with 8 replicas each
-      # needed >5 GB (the notebooks still run data-parallel, batch 8 splits over both).
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-      "SR_JAX_CACHE": str(root / "cache"),
-      "TMPDIR": str(root),  # the notebooks' workdirs (tempfile.mkdtemp)
-      "JAX_COMPILATION_CACHE_DIR": str(request.config.cache.mkdir("jax_compilation_cache")),
-      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the many small programs are the cost
+    "SR_JAX_NOTEBOOK_SMOKE": "1",
+    # 2 simulated devices, not the suite's 8: a kernel holding two U-Nets with 8 replicas each
+    # needed >5 GB (the notebooks still run data-parallel, batch 8 splits over both).
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "SR_JAX_CACHE": str(root / "cache"),
+    "TMPDIR": str(root),  # the notebooks' workdirs (tempfile.mkdtemp)
+    "JAX_COMPILATION_CACHE_DIR": str(request.config.cache.mkdir("jax_compilation_cache")),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the many small programs are the cost
   }
 
 
@@ -41,14 +41,24 @@ def test_notebook_runs_top_to_bottom(name, kernel_env, monkeypatch):
   notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
   code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
   assert not any(cell.outputs or cell.execution_count for cell in code_cells), (
-      f"{name} is committed with outputs: clear them")
+    f"{name} is committed with outputs: clear them"
+  )
   # The "python3" kernel spec must launch this environment's python (jupyter_client maps it to
   # sys.executable), not whatever python is first on PATH.
-  notebook.cells.insert(0, nbformat.v4.new_code_cell(
-      f"import sys\nassert sys.prefix == {sys.prefix!r}, sys.executable"))
-  client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                   resources={"metadata": {"path": str(NOTEBOOKS)}})
+  notebook.cells.insert(
+    0, nbformat.v4.new_code_cell(f"import sys\nassert sys.prefix == {sys.prefix!r}, sys.executable")
+  )
+  client = nbclient.NotebookClient(
+    notebook,
+    timeout=CELL_TIMEOUT_S,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(NOTEBOOKS)}},
+  )
   client.execute()  # raises CellExecutionError naming the cell, with its traceback
-  figures = [output for cell in code_cells for output in cell.outputs
-             if "image/png" in output.get("data", {})]
+  figures = [
+    output
+    for cell in code_cells
+    for output in cell.outputs
+    if "image/png" in output.get("data", {})
+  ]
   assert figures, f"{name} displayed no figure"

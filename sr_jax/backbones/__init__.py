@@ -24,19 +24,32 @@ from sr_jax.backbones.resnet import RESNET_CONFIGS, ResNet, resnet
 from sr_jax.weights import porting, registry
 from sr_jax.weights.merge import LoadReport, init_abstract, load_state
 
-__all__ = ["BACKBONES", "create_backbone", "load_backbone_weights", "backbone_arrays",
-           "detect_backbone", "fold_batchnorm", "freeze_batchnorm", "Identity", "ResNet",
-           "EfficientNetLite"]
+__all__ = [
+  "BACKBONES",
+  "create_backbone",
+  "load_backbone_weights",
+  "backbone_arrays",
+  "detect_backbone",
+  "fold_batchnorm",
+  "freeze_batchnorm",
+  "Identity",
+  "ResNet",
+  "EfficientNetLite",
+]
 
 _log = logging.getLogger(__name__)
 
 BACKBONES = (*RESNET_CONFIGS, "efficientnet_lite0")
 # Default registry entry per architecture, for weights="imagenet".
-_IMAGENET = {**{name: f"torchvision:{name}" for name in RESNET_CONFIGS},
-             "efficientnet_lite0": "efficientnet_lite0"}
+_IMAGENET = {
+  **{name: f"torchvision:{name}" for name in RESNET_CONFIGS},
+  "efficientnet_lite0": "efficientnet_lite0",
+}
 # PyTorch module-path renames (torchvision/timm ResNet names are already ours).
 _TORCH_RENAME: dict[str, Callable[[str], str] | None] = {
-  **{name: None for name in RESNET_CONFIGS}, "efficientnet_lite0": porting.strip_underscores}
+  **{name: None for name in RESNET_CONFIGS},
+  "efficientnet_lite0": porting.strip_underscores,
+}
 
 
 def detect_backbone(torch_keys) -> str | None:
@@ -47,8 +60,9 @@ def detect_backbone(torch_keys) -> str | None:
   if "layer1.0.conv1.weight" not in keys:
     return None
   bottleneck = "layer1.0.conv3.weight" in keys
-  depths = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.")})
-                 for i in range(1, 5))
+  depths = tuple(
+    len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.")}) for i in range(1, 5)
+  )
   for name, (block, layers) in RESNET_CONFIGS.items():
     if tuple(layers) == depths and (block.expansion == 4) == bottleneck:
       return name
@@ -83,9 +97,15 @@ def backbone_arrays(name: str, path: str | os.PathLike) -> dict:
   return porting.torch_to_nnx(checkpoint.arrays, rename=_TORCH_RENAME[name])
 
 
-def load_backbone_weights(net: nnx.Module, name: str, weights: str | os.PathLike, *,
-                          strict: bool = True, dont_load: Iterable[str] = (),
-                          cache_dir: str | os.PathLike | None = None) -> LoadReport:
+def load_backbone_weights(
+  net: nnx.Module,
+  name: str,
+  weights: str | os.PathLike,
+  *,
+  strict: bool = True,
+  dont_load: Iterable[str] = (),
+  cache_dir: str | os.PathLike | None = None,
+) -> LoadReport:
   """Loads `weights` (path, registry name or "imagenet") into the `name` backbone `net`.
 
   The classifier (`fc.*`) is skipped automatically when `net` has no head or a head whose
@@ -106,10 +126,19 @@ def load_backbone_weights(net: nnx.Module, name: str, weights: str | os.PathLike
   return report
 
 
-def create_backbone(name: str, weights: str | os.PathLike | None = None, head: bool = True, *,
-                    num_classes: int = 1000, rngs: nnx.Rngs | int | None = None, seed: int = 0,
-                    strict: bool = True, dont_load: Iterable[str] = (), frozen_bn: bool = True,
-                    cache_dir: str | os.PathLike | None = None) -> nnx.Module:
+def create_backbone(
+  name: str,
+  weights: str | os.PathLike | None = None,
+  head: bool = True,
+  *,
+  num_classes: int = 1000,
+  rngs: nnx.Rngs | int | None = None,
+  seed: int = 0,
+  strict: bool = True,
+  dont_load: Iterable[str] = (),
+  frozen_bn: bool = True,
+  cache_dir: str | os.PathLike | None = None,
+) -> nnx.Module:
   """Builds a backbone and optionally loads pretrained weights.
 
   Args:
@@ -140,10 +169,10 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None, head: b
   else:
     # Build abstractly, load, then initialise only what the checkpoint did not provide:
     # random init compiles one program per weight shape (seconds on CPU), loading does not.
-    net = nnx.eval_shape(lambda: _build(name, num_classes=num_classes, head=head,
-                                        rngs=nnx.Rngs(0)))
-    load_backbone_weights(net, name, weights, strict=strict, dont_load=dont_load,
-                          cache_dir=cache_dir)
+    net = nnx.eval_shape(lambda: _build(name, num_classes=num_classes, head=head, rngs=nnx.Rngs(0)))
+    load_backbone_weights(
+      net, name, weights, strict=strict, dont_load=dont_load, cache_dir=cache_dir
+    )
     init_abstract(net, rngs)
   freeze_batchnorm(net, frozen_bn)
   return net

@@ -8,8 +8,8 @@ after it to keep the backbone's statistics frozen.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import nnx
+import jax.numpy as jnp
 
 __all__ = ["Identity", "freeze_batchnorm", "fold_batchnorm"]
 

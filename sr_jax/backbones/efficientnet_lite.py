@@ -16,9 +16,9 @@ Dropout (0.2 before `fc`) is not modelled: this port is for inference and featur
 
 from __future__ import annotations
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from sr_jax.conv import Conv
 
@@ -40,10 +40,20 @@ LITE0_FEATURE_BLOCKS = (0, 2, 4, 10, 15)
 _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *,
-          rngs: nnx.Rngs) -> nnx.Conv:
-  return Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding="SAME",
-              feature_group_count=groups, use_bias=False, kernel_init=_conv_init, rngs=rngs)
+def _conv(
+  in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *, rngs: nnx.Rngs
+) -> nnx.Conv:
+  return Conv(
+    in_ch,
+    out_ch,
+    (kernel, kernel),
+    strides=stride,
+    padding="SAME",
+    feature_group_count=groups,
+    use_bias=False,
+    kernel_init=_conv_init,
+    rngs=rngs,
+  )
 
 
 def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -55,8 +65,9 @@ class MBConvBlock(nnx.Module):
 
   conv_bn_pairs = (("expand_conv", "bn0"), ("depthwise_conv", "bn1"), ("project_conv", "bn2"))
 
-  def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand_ratio: int, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, in_ch: int, out_ch: int, kernel: int, stride: int, expand_ratio: int, *, rngs: nnx.Rngs
+  ):
     mid = in_ch * expand_ratio
     self.expand_conv = _conv(in_ch, mid, 1, rngs=rngs) if expand_ratio != 1 else None
     self.bn0 = _bn(mid, rngs) if expand_ratio != 1 else None
@@ -92,8 +103,11 @@ class EfficientNetLite(nnx.Module):
     blocks = []
     for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
       for r in range(repeats):
-        blocks.append(MBConvBlock(in_ch if r == 0 else out_ch, out_ch, kernel,
-                                  stride if r == 0 else 1, expand, rngs=rngs))
+        blocks.append(
+          MBConvBlock(
+            in_ch if r == 0 else out_ch, out_ch, kernel, stride if r == 0 else 1, expand, rngs=rngs
+          )
+        )
     self.blocks = nnx.List(blocks)
     self.conv_head = _conv(320, 1280, 1, rngs=rngs)
     self.bn1 = _bn(1280, rngs)
@@ -119,7 +133,8 @@ class EfficientNetLite(nnx.Module):
     return pooled if self.fc is None else self.fc(pooled)
 
 
-def efficientnet_lite0(*, num_classes: int = 1000, head: bool = True,
-                       rngs: nnx.Rngs) -> EfficientNetLite:
+def efficientnet_lite0(
+  *, num_classes: int = 1000, head: bool = True, rngs: nnx.Rngs
+) -> EfficientNetLite:
   """Builds EfficientNet-Lite0 (random init)."""
   return EfficientNetLite(num_classes=num_classes, head=head, rngs=rngs)

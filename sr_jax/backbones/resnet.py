@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from sr_jax.conv import Conv
 
@@ -25,8 +25,16 @@ _linear_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifor
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
   pad = kernel // 2  # torchvision pads symmetrically (not TF "SAME")
-  return Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-              use_bias=False, kernel_init=_conv_init, rngs=rngs)
+  return Conv(
+    in_ch,
+    out_ch,
+    (kernel, kernel),
+    strides=stride,
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=_conv_init,
+    rngs=rngs,
+  )
 
 
 def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -68,8 +76,12 @@ class Bottleneck(nnx.Module):
   """1x1 reduce, 3x3 (strided, v1.5), 1x1 expand x4 (ResNet-50/101/152)."""
 
   expansion = 4
-  conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"),
-                   ("downsample.0", "downsample.1"))
+  conv_bn_pairs = (
+    ("conv1", "bn1"),
+    ("conv2", "bn2"),
+    ("conv3", "bn3"),
+    ("downsample.0", "downsample.1"),
+  )
 
   def __init__(self, in_ch: int, channels: int, stride: int, *, rngs: nnx.Rngs):
     out_ch = channels * self.expansion
@@ -107,10 +119,25 @@ class ResNet(nnx.Module):
 
   conv_bn_pairs = (("conv1", "bn1"),)
 
-  def __init__(self, block: type[nnx.Module], layers: Sequence[int], *, num_classes: int = 1000,
-               head: bool = True, rngs: nnx.Rngs):
-    self.conv1 = Conv(3, 64, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
-                      kernel_init=_conv_init, rngs=rngs)
+  def __init__(
+    self,
+    block: type[nnx.Module],
+    layers: Sequence[int],
+    *,
+    num_classes: int = 1000,
+    head: bool = True,
+    rngs: nnx.Rngs,
+  ):
+    self.conv1 = Conv(
+      3,
+      64,
+      (7, 7),
+      strides=2,
+      padding=((3, 3), (3, 3)),
+      use_bias=False,
+      kernel_init=_conv_init,
+      rngs=rngs,
+    )
     self.bn1 = _bn(64, rngs)
     in_ch = 64
     for index, (count, channels) in enumerate(zip(layers, (64, 128, 256, 512))):
@@ -123,8 +150,17 @@ class ResNet(nnx.Module):
     self.num_features = in_ch
     self.feature_channels = (64, *(c * block.expansion for c in (64, 128, 256, 512)))
     self.feature_strides = (2, 4, 8, 16, 32)
-    self.fc = (nnx.Linear(in_ch, num_classes, kernel_init=_linear_init,
-                          bias_init=_fan_in_uniform_bias(in_ch), rngs=rngs) if head else None)
+    self.fc = (
+      nnx.Linear(
+        in_ch,
+        num_classes,
+        kernel_init=_linear_init,
+        bias_init=_fan_in_uniform_bias(in_ch),
+        rngs=rngs,
+      )
+      if head
+      else None
+    )
 
   def stem(self, x: jax.Array) -> jax.Array:
     return nnx.relu(self.bn1(self.conv1(x)))
@@ -146,10 +182,11 @@ class ResNet(nnx.Module):
 
 
 def _fan_in_uniform_bias(fan_in: int):
-  bound = 1.0 / fan_in ** 0.5
+  bound = 1.0 / fan_in**0.5
 
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 

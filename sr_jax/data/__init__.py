@@ -14,26 +14,24 @@ Public interface used by the training loop:
 Writing a TFDS dataset from folders: `python -m sr_jax.data.prepare --help` (see README.md here).
 """
 
-from sr_jax.data.benchmarks import BENCHMARKS
-from sr_jax.data.benchmarks import eval_folders
-from sr_jax.data.benchmarks import folder_name
-from sr_jax.data.benchmarks import EvalFolder
-from sr_jax.data.benchmarks import resolve_benchmark
+from sr_jax.data.benchmarks import (
+  BENCHMARKS,
+  EvalFolder,
+  eval_folders,
+  folder_name,
+  resolve_benchmark,
+)
 from sr_jax.data.degradations import realesrgan_degrade
-from sr_jax.data.embedded import embedded_photo_dirs
-from sr_jax.data.embedded import resolve_dirs
-from sr_jax.data.image_io import ImageReadError
-from sr_jax.data.image_io import list_images
-from sr_jax.data.image_io import read_image
-from sr_jax.data.imresize import bicubic_upsample
-from sr_jax.data.imresize import imresize
-from sr_jax.data.pairs import ImagePair
-from sr_jax.data.pairs import pair_folders
-from sr_jax.data.pairs import PairingError
-from sr_jax.data.pipeline import create_train_dataset
-from sr_jax.data.pipeline import create_train_iterator
-from sr_jax.data.pipeline import default_config
-from sr_jax.data.pipeline import EvalImage
-from sr_jax.data.pipeline import load_eval_folder
-from sr_jax.data.pipeline import make_lr
-from sr_jax.data.pipeline import mod_crop
+from sr_jax.data.embedded import embedded_photo_dirs, resolve_dirs
+from sr_jax.data.image_io import ImageReadError, list_images, read_image
+from sr_jax.data.imresize import bicubic_upsample, imresize
+from sr_jax.data.pairs import ImagePair, PairingError, pair_folders
+from sr_jax.data.pipeline import (
+  EvalImage,
+  create_train_dataset,
+  create_train_iterator,
+  default_config,
+  load_eval_folder,
+  make_lr,
+  mod_crop,
+)

@@ -15,8 +15,7 @@ mistaken for the set.
 import os
 from typing import NamedTuple, Sequence
 
-from sr_jax.data import embedded
-from sr_jax.data import image_io
+from sr_jax.data import embedded, image_io
 
 DATA_ROOT_ENV = "SR_JAX_DATA"
 
@@ -33,18 +32,23 @@ def _layouts(*names: str) -> tuple[str, ...]:
   for sub in ("HR", "GTmod12", "original", ""):
     for name in names:
       layouts.append(os.path.join(name, sub) if sub else name)
-      layouts.append(os.path.join("benchmark", name, sub) if sub else os.path.join("benchmark", name))
+      layouts.append(
+        os.path.join("benchmark", name, sub) if sub else os.path.join("benchmark", name)
+      )
   return tuple(layouts)
 
 
 BENCHMARKS = {
-    "set5": Benchmark("Set5", 5, _layouts("Set5")),
-    "set14": Benchmark("Set14", 14, _layouts("Set14")),
-    "b100": Benchmark("B100", 100, _layouts("B100", "BSDS100", "BSD100")),
-    "urban100": Benchmark("Urban100", 100, _layouts("Urban100")),
-    "manga109": Benchmark("Manga109", 109, _layouts("Manga109")),
-    "div2k_val": Benchmark("DIV2K_val", 100, (
-        "DIV2K/DIV2K_valid_HR", "DIV2K_valid_HR", "DIV2K/valid/HR", "DIV2K_val/HR", "DIV2K_val")),
+  "set5": Benchmark("Set5", 5, _layouts("Set5")),
+  "set14": Benchmark("Set14", 14, _layouts("Set14")),
+  "b100": Benchmark("B100", 100, _layouts("B100", "BSDS100", "BSD100")),
+  "urban100": Benchmark("Urban100", 100, _layouts("Urban100")),
+  "manga109": Benchmark("Manga109", 109, _layouts("Manga109")),
+  "div2k_val": Benchmark(
+    "DIV2K_val",
+    100,
+    ("DIV2K/DIV2K_valid_HR", "DIV2K_valid_HR", "DIV2K/valid/HR", "DIV2K_val/HR", "DIV2K_val"),
+  ),
 }
 
 
@@ -68,8 +72,11 @@ def _find_ci(root: str, relative: str) -> str | None:
     if os.path.isdir(os.path.join(path, part)):
       path = os.path.join(path, part)
       continue
-    matches = sorted(e for e in os.listdir(path) if e.lower() == part.lower()
-                     and os.path.isdir(os.path.join(path, e)))
+    matches = sorted(
+      e
+      for e in os.listdir(path)
+      if e.lower() == part.lower() and os.path.isdir(os.path.join(path, e))
+    )
     if not matches:
       return None
     path = os.path.join(path, matches[0])
@@ -109,11 +116,12 @@ def resolve_benchmark(name: str, root: str = "") -> EvalFolder:
     wrong_counts.append(f"{folder} ({count} images)")
   found = f"; found only {', '.join(wrong_counts)}" if wrong_counts else ""
   raise FileNotFoundError(
-      f"benchmark set {name!r} ({bench.name}, {bench.num_images} HR images) not found under data "
-      f"root {root!r}{found}. Put its {bench.num_images} HR images in "
-      f"{os.path.join(root, bench.folders[0])} (or set eval.data_root / ${DATA_ROOT_ENV} to the "
-      f"folder that holds {os.path.dirname(bench.folders[0]) or bench.folders[0]}/); to evaluate "
-      "another number of images, give the folder path instead of the name.")
+    f"benchmark set {name!r} ({bench.name}, {bench.num_images} HR images) not found under data "
+    f"root {root!r}{found}. Put its {bench.num_images} HR images in "
+    f"{os.path.join(root, bench.folders[0])} (or set eval.data_root / ${DATA_ROOT_ENV} to the "
+    f"folder that holds {os.path.dirname(bench.folders[0]) or bench.folders[0]}/); to evaluate "
+    "another number of images, give the folder path instead of the name."
+  )
 
 
 def folder_name(spec: str) -> str:
@@ -123,8 +131,12 @@ def folder_name(spec: str) -> str:
   return os.path.basename(os.path.normpath(spec))
 
 
-def eval_folders(dirs: Sequence[str] = (), datasets: Sequence[str] = (), root: str = "",
-                 cache_dir: str | None = None) -> list[EvalFolder]:
+def eval_folders(
+  dirs: Sequence[str] = (),
+  datasets: Sequence[str] = (),
+  root: str = "",
+  cache_dir: str | None = None,
+) -> list[EvalFolder]:
   """Evaluation folders of `eval.dirs` and `eval.datasets`, with the names they are reported under.
 
   Args:
@@ -143,8 +155,10 @@ def eval_folders(dirs: Sequence[str] = (), datasets: Sequence[str] = (), root: s
     ValueError: two entries would be reported under the same name.
   """
   dirs, datasets = _as_tuple(dirs), _as_tuple(datasets)
-  folders = [EvalFolder(folder_name(spec), path)
-             for spec, path in zip(dirs, embedded.resolve_dirs(dirs, cache_dir))]
+  folders = [
+    EvalFolder(folder_name(spec), path)
+    for spec, path in zip(dirs, embedded.resolve_dirs(dirs, cache_dir))
+  ]
   for entry in datasets:
     if entry.lower() in BENCHMARKS:
       folders.append(resolve_benchmark(entry, root))
@@ -153,10 +167,14 @@ def eval_folders(dirs: Sequence[str] = (), datasets: Sequence[str] = (), root: s
   names = [f.name for f in folders]
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:
-    raise ValueError(f"eval.dirs / eval.datasets: several entries are reported as {repeated}: "
-                     f"{[f.path for f in folders if f.name in repeated]}")
+    raise ValueError(
+      f"eval.dirs / eval.datasets: several entries are reported as {repeated}: "
+      f"{[f.path for f in folders if f.name in repeated]}"
+    )
   return folders
 
 
 def _as_tuple(entries: str | Sequence[str]) -> tuple[str, ...]:
-  return (entries,) if isinstance(entries, (str, os.PathLike)) else tuple(os.fspath(e) for e in entries)
+  return (
+    (entries,) if isinstance(entries, (str, os.PathLike)) else tuple(os.fspath(e) for e in entries)
+  )

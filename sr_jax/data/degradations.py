@@ -30,11 +30,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
-from scipy import signal
-from scipy import sparse
-from scipy import special
+from scipy import signal, sparse, special
 
-KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+KERNEL_TYPES = (
+  "iso",
+  "aniso",
+  "generalized_iso",
+  "generalized_aniso",
+  "plateau_iso",
+  "plateau_aniso",
+)
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 
 
@@ -42,42 +47,43 @@ def default_options() -> dict[str, Any]:
   """Real-ESRGAN x4plus degradation options (names as in its training YAML)."""
   kernel_prob = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
   return {
-      # First-order blur, and the second (applied with second_blur_prob).
-      "blur_kernel_size": 21,  # the largest kernel; sizes are drawn from 7, 9, ..., this
-      "kernel_list": KERNEL_TYPES,
-      "kernel_prob": kernel_prob,
-      "sinc_prob": 0.1,
-      "blur_sigma": (0.2, 3.0),
-      "betag_range": (0.5, 4.0),
-      "betap_range": (1.0, 2.0),
-      "kernel_list2": KERNEL_TYPES,
-      "kernel_prob2": kernel_prob,
-      "sinc_prob2": 0.1,
-      "blur_sigma2": (0.2, 1.5),
-      "betag_range2": (0.5, 4.0),
-      "betap_range2": (1.0, 2.0),
-      "final_sinc_prob": 0.8,
-      # First-order resize, noise, JPEG.
-      "resize_prob": (0.2, 0.7, 0.1),  # up, down, keep
-      "resize_range": (0.15, 1.5),
-      "gaussian_noise_prob": 0.5,  # else poisson
-      "noise_range": (1.0, 30.0),  # gaussian sigma, in 8-bit levels
-      "poisson_scale_range": (0.05, 3.0),
-      "gray_noise_prob": 0.4,
-      "jpeg_range": (30.0, 95.0),
-      # Second order.
-      "second_blur_prob": 0.8,
-      "resize_prob2": (0.3, 0.4, 0.3),
-      "resize_range2": (0.3, 1.2),
-      "gaussian_noise_prob2": 0.5,
-      "noise_range2": (1.0, 25.0),
-      "poisson_scale_range2": (0.05, 2.5),
-      "gray_noise_prob2": 0.4,
-      "jpeg_range2": (30.0, 95.0),
+    # First-order blur, and the second (applied with second_blur_prob).
+    "blur_kernel_size": 21,  # the largest kernel; sizes are drawn from 7, 9, ..., this
+    "kernel_list": KERNEL_TYPES,
+    "kernel_prob": kernel_prob,
+    "sinc_prob": 0.1,
+    "blur_sigma": (0.2, 3.0),
+    "betag_range": (0.5, 4.0),
+    "betap_range": (1.0, 2.0),
+    "kernel_list2": KERNEL_TYPES,
+    "kernel_prob2": kernel_prob,
+    "sinc_prob2": 0.1,
+    "blur_sigma2": (0.2, 1.5),
+    "betag_range2": (0.5, 4.0),
+    "betap_range2": (1.0, 2.0),
+    "final_sinc_prob": 0.8,
+    # First-order resize, noise, JPEG.
+    "resize_prob": (0.2, 0.7, 0.1),  # up, down, keep
+    "resize_range": (0.15, 1.5),
+    "gaussian_noise_prob": 0.5,  # else poisson
+    "noise_range": (1.0, 30.0),  # gaussian sigma, in 8-bit levels
+    "poisson_scale_range": (0.05, 3.0),
+    "gray_noise_prob": 0.4,
+    "jpeg_range": (30.0, 95.0),
+    # Second order.
+    "second_blur_prob": 0.8,
+    "resize_prob2": (0.3, 0.4, 0.3),
+    "resize_range2": (0.3, 1.2),
+    "gaussian_noise_prob2": 0.5,
+    "noise_range2": (1.0, 25.0),
+    "poisson_scale_range2": (0.05, 2.5),
+    "gray_noise_prob2": 0.4,
+    "jpeg_range2": (30.0, 95.0),
   }
 
 
 # --- Blur kernels ---------------------------------------------------------------------------------
+
 
 def _grid(kernel_size: int) -> np.ndarray:
   """[k, k, 2] (x, y) offsets from the kernel centre."""
@@ -108,16 +114,22 @@ def gaussian_kernel(kernel_size: int, sigma_x: float, sigma_y: float, theta: flo
   return _normalized(np.exp(-0.5 * _mahalanobis2(kernel_size, sigma_x, sigma_y, theta)))
 
 
-def generalized_gaussian_kernel(kernel_size: int, sigma_x: float, sigma_y: float, theta: float,
-                                beta: float) -> np.ndarray:
+def generalized_gaussian_kernel(
+  kernel_size: int, sigma_x: float, sigma_y: float, theta: float, beta: float
+) -> np.ndarray:
   """exp(-0.5 * d^(2 beta)): flatter top (beta > 1) or heavier tails (beta < 1) than a gaussian."""
-  return _normalized(np.exp(-0.5 * np.power(_mahalanobis2(kernel_size, sigma_x, sigma_y, theta), beta)))
+  return _normalized(
+    np.exp(-0.5 * np.power(_mahalanobis2(kernel_size, sigma_x, sigma_y, theta), beta))
+  )
 
 
-def plateau_kernel(kernel_size: int, sigma_x: float, sigma_y: float, theta: float,
-                   beta: float) -> np.ndarray:
+def plateau_kernel(
+  kernel_size: int, sigma_x: float, sigma_y: float, theta: float, beta: float
+) -> np.ndarray:
   """1 / (1 + d^(2 beta)): a plateau-shaped blur."""
-  return _normalized(1.0 / (np.power(_mahalanobis2(kernel_size, sigma_x, sigma_y, theta), beta) + 1.0))
+  return _normalized(
+    1.0 / (np.power(_mahalanobis2(kernel_size, sigma_x, sigma_y, theta), beta) + 1.0)
+  )
 
 
 def sinc_kernel(cutoff: float, kernel_size: int, pad_to: int = 0) -> np.ndarray:
@@ -144,9 +156,15 @@ def _beta(beta_range: Sequence[float], rng: np.random.Generator) -> float:
   return rng.uniform(1.0, beta_range[1])
 
 
-def random_mixed_kernel(kernel_list: Sequence[str], kernel_prob: Sequence[float], kernel_size: int,
-                        sigma_range: Sequence[float], betag_range: Sequence[float],
-                        betap_range: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+def random_mixed_kernel(
+  kernel_list: Sequence[str],
+  kernel_prob: Sequence[float],
+  kernel_size: int,
+  sigma_range: Sequence[float],
+  betag_range: Sequence[float],
+  betap_range: Sequence[float],
+  rng: np.random.Generator,
+) -> np.ndarray:
   """One blur kernel of a random type of `kernel_list` (BasicSR's `random_mixed_kernels`)."""
   probs = np.asarray(kernel_prob, np.float64)
   kind = kernel_list[rng.choice(len(kernel_list), p=probs / probs.sum())]
@@ -158,13 +176,17 @@ def random_mixed_kernel(kernel_list: Sequence[str], kernel_prob: Sequence[float]
   else:
     sigma_y, theta = rng.uniform(*sigma_range), rng.uniform(-math.pi, math.pi)
   if kind.startswith("generalized"):
-    return generalized_gaussian_kernel(kernel_size, sigma_x, sigma_y, theta, _beta(betag_range, rng))
+    return generalized_gaussian_kernel(
+      kernel_size, sigma_x, sigma_y, theta, _beta(betag_range, rng)
+    )
   if kind.startswith("plateau"):
     return plateau_kernel(kernel_size, sigma_x, sigma_y, theta, _beta(betap_range, rng))
   return gaussian_kernel(kernel_size, sigma_x, sigma_y, theta)
 
 
-def random_blur_kernel(options: Mapping[str, Any], rng: np.random.Generator, order: int) -> np.ndarray:
+def random_blur_kernel(
+  options: Mapping[str, Any], rng: np.random.Generator, order: int
+) -> np.ndarray:
   """The first (order=1) or second (order=2) blur kernel, padded to blur_kernel_size."""
   suffix = "" if order == 1 else "2"
   max_size = int(options["blur_kernel_size"])
@@ -172,9 +194,15 @@ def random_blur_kernel(options: Mapping[str, Any], rng: np.random.Generator, ord
   if rng.uniform() < options["sinc_prob" + suffix]:
     low = np.pi / 3 if kernel_size < 13 else np.pi / 5  # wider kernels allow lower cutoffs
     return sinc_kernel(rng.uniform(low, np.pi), kernel_size, pad_to=max_size)
-  kernel = random_mixed_kernel(options["kernel_list" + suffix], options["kernel_prob" + suffix],
-                               kernel_size, options["blur_sigma" + suffix],
-                               options["betag_range" + suffix], options["betap_range" + suffix], rng)
+  kernel = random_mixed_kernel(
+    options["kernel_list" + suffix],
+    options["kernel_prob" + suffix],
+    kernel_size,
+    options["blur_sigma" + suffix],
+    options["betag_range" + suffix],
+    options["betap_range" + suffix],
+    rng,
+  )
   return np.pad(kernel, (max_size - kernel_size) // 2)
 
 
@@ -191,10 +219,14 @@ def filter2d(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 # --- Resizing as torch.nn.functional.interpolate ----------------------------------------------------
 
+
 def _cubic_torch(x: np.ndarray, a: float = -0.75) -> np.ndarray:
   ax = np.abs(x)
-  return np.where(ax <= 1, ((a + 2) * ax - (a + 3)) * ax * ax + 1,
-                  np.where(ax < 2, ((a * ax - 5 * a) * ax + 8 * a) * ax - 4 * a, 0.0))
+  return np.where(
+    ax <= 1,
+    ((a + 2) * ax - (a + 3)) * ax * ax + 1,
+    np.where(ax < 2, ((a * ax - 5 * a) * ax + 8 * a) * ax - 4 * a, 0.0),
+  )
 
 
 @functools.lru_cache(maxsize=256)
@@ -247,14 +279,19 @@ def resize(img: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
 
 # --- Noise and JPEG ------------------------------------------------------------------------------
 
-def add_gaussian_noise(img: np.ndarray, sigma: float, gray: bool, rng: np.random.Generator) -> np.ndarray:
+
+def add_gaussian_noise(
+  img: np.ndarray, sigma: float, gray: bool, rng: np.random.Generator
+) -> np.ndarray:
   """Adds N(0, sigma / 255) noise, the same in every channel when `gray`."""
   shape = img.shape[:2] + (1,) if gray else img.shape
   noise = rng.standard_normal(shape).astype(np.float32) * np.float32(sigma / 255.0)
   return img + noise
 
 
-def add_poisson_noise(img: np.ndarray, scale: float, gray: bool, rng: np.random.Generator) -> np.ndarray:
+def add_poisson_noise(
+  img: np.ndarray, scale: float, gray: bool, rng: np.random.Generator
+) -> np.ndarray:
   """Adds shot noise (BasicSR's `generate_poisson_noise`), scaled by `scale`."""
   if gray:  # BT.601 luma, as cv2.COLOR_RGB2GRAY
     base = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
@@ -266,8 +303,9 @@ def add_poisson_noise(img: np.ndarray, scale: float, gray: bool, rng: np.random.
   return (img + (noisy - base).astype(np.float32) * np.float32(scale)).astype(np.float32)
 
 
-def random_noise(img: np.ndarray, options: Mapping[str, Any], rng: np.random.Generator,
-                 order: int) -> np.ndarray:
+def random_noise(
+  img: np.ndarray, options: Mapping[str, Any], rng: np.random.Generator, order: int
+) -> np.ndarray:
   """Gaussian (with gaussian_noise_prob) or poisson noise, colour or gray, clipped to [0, 1]."""
   suffix = "" if order == 1 else "2"
   if rng.uniform() < options["gaussian_noise_prob" + suffix]:
@@ -292,8 +330,15 @@ def jpeg(img: np.ndarray, quality: float) -> np.ndarray:
 
 # --- The pipeline --------------------------------------------------------------------------------
 
-def _random_resize(img: np.ndarray, base_h: int, base_w: int, options: Mapping[str, Any],
-                   rng: np.random.Generator, order: int) -> np.ndarray:
+
+def _random_resize(
+  img: np.ndarray,
+  base_h: int,
+  base_w: int,
+  options: Mapping[str, Any],
+  rng: np.random.Generator,
+  order: int,
+) -> np.ndarray:
   """Resizes to (base_h, base_w) times a random up / down / keep factor, in a random mode."""
   suffix = "" if order == 1 else "2"
   probs = np.asarray(options["resize_prob" + suffix], np.float64)
@@ -304,8 +349,9 @@ def _random_resize(img: np.ndarray, base_h: int, base_w: int, options: Mapping[s
   return resize(img, int(base_h * factor), int(base_w * factor), mode)
 
 
-def realesrgan_degrade(hr: np.ndarray, scale: int, rng: np.random.Generator,
-                       options: Mapping[str, Any] | None = None) -> np.ndarray:
+def realesrgan_degrade(
+  hr: np.ndarray, scale: int, rng: np.random.Generator, options: Mapping[str, Any] | None = None
+) -> np.ndarray:
   """LR image made from an HR image by Real-ESRGAN's second-order degradation.
 
   Args:

@@ -35,14 +35,14 @@ class _Photo(NamedTuple):
 
 
 PHOTOS = (
-    _Photo("astronaut", "train", "astronaut", None),
-    _Photo("rocket", "train", "rocket", None),
-    _Photo("motorcycle", "train", "stereo_motorcycle", None),
-    _Photo("immunohistochemistry", "train", "immunohistochemistry", None),
-    _Photo("hubble_deep_field", "train", "hubble_deep_field", None),
-    _Photo("retina", "train", "retina", 1024),
-    _Photo("chelsea", "val", "chelsea", 256),
-    _Photo("coffee", "val", "coffee", 256),
+  _Photo("astronaut", "train", "astronaut", None),
+  _Photo("rocket", "train", "rocket", None),
+  _Photo("motorcycle", "train", "stereo_motorcycle", None),
+  _Photo("immunohistochemistry", "train", "immunohistochemistry", None),
+  _Photo("hubble_deep_field", "train", "hubble_deep_field", None),
+  _Photo("retina", "train", "retina", 1024),
+  _Photo("chelsea", "val", "chelsea", 256),
+  _Photo("coffee", "val", "coffee", 256),
 )
 
 
@@ -59,7 +59,7 @@ def center_crop(img: np.ndarray, max_side: int | None) -> np.ndarray:
   h, w = img.shape[:2]
   ch, cw = min(h, max_side), min(w, max_side)
   top, left = (h - ch) // 2, (w - cw) // 2
-  return img[top:top + ch, left:left + cw]
+  return img[top : top + ch, left : left + cw]
 
 
 def _load_photo(photo: _Photo) -> np.ndarray:
@@ -71,8 +71,9 @@ def _load_photo(photo: _Photo) -> np.ndarray:
     img = img[0]
   img = np.asarray(img)
   if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-    raise ValueError(f"skimage.data.{photo.loader}() is not an 8-bit RGB photo: "
-                     f"{img.dtype} {img.shape}")
+    raise ValueError(
+      f"skimage.data.{photo.loader}() is not an 8-bit RGB photo: {img.dtype} {img.shape}"
+    )
   return np.ascontiguousarray(center_crop(img, photo.max_side))
 
 
@@ -113,15 +114,20 @@ def embedded_photo_dirs(cache_dir: str | None = None) -> tuple[str, str]:
       try:
         img = _load_photo(photo)
       except Exception as e:  # a scikit-image build without this photo: use the others
-        log.warning("embedded photo %r unavailable (skimage.data.%s: %s); skipped",
-                    photo.name, photo.loader, e)
+        log.warning(
+          "embedded photo %r unavailable (skimage.data.%s: %s); skipped",
+          photo.name,
+          photo.loader,
+          e,
+        )
         continue
       _write_png_atomic(img, path)
     written[photo.split] += 1
   for split, count in written.items():
     if count == 0:
-      raise RuntimeError(f"no embedded {split} photo could be loaded from scikit-image "
-                         f"(folder {dirs[split]!r})")
+      raise RuntimeError(
+        f"no embedded {split} photo could be loaded from scikit-image (folder {dirs[split]!r})"
+      )
   return dirs["train"], dirs["val"]
 
 
@@ -144,10 +150,11 @@ def resolve_dirs(dirs: str | Sequence[str], cache_dir: str | None = None) -> lis
   for entry in entries:
     entry = os.fspath(entry)
     if entry.startswith(EMBEDDED_PREFIX):
-      split = entry[len(EMBEDDED_PREFIX):]
+      split = entry[len(EMBEDDED_PREFIX) :]
       if split not in SPLITS:
-        raise ValueError(f"unknown embedded data {entry!r}; known: "
-                         f"{[EMBEDDED_PREFIX + s for s in SPLITS]}")
+        raise ValueError(
+          f"unknown embedded data {entry!r}; known: {[EMBEDDED_PREFIX + s for s in SPLITS]}"
+        )
       train_dir, val_dir = embedded_photo_dirs(cache_dir)
       resolved.append(train_dir if split == "train" else val_dir)
     else:

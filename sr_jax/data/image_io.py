@@ -59,7 +59,8 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     gray = _high_depth_to_uint8(img)
     return np.repeat(gray[:, :, None], 3, axis=2)
   has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-      img.mode == "P" and "transparency" in img.info)
+    img.mode == "P" and "transparency" in img.info
+  )
   rgb = _on_white(img) if has_alpha else img.convert("RGB")
   return np.asarray(rgb, dtype=np.uint8)
 
@@ -129,6 +130,7 @@ class FullImage(NamedTuple):
   alpha: the alpha channel, same dtype, [h, w]; None when the image has none.
   icc_profile: the embedded ICC profile (bytes), or None.
   """
+
   color: np.ndarray
   alpha: np.ndarray | None
   icc_profile: bytes | None
@@ -179,6 +181,7 @@ def _read_tiff16(path: str) -> tuple[np.ndarray, bool, int, bytes | None] | None
   when the file is not a 16-bit TIFF that tifffile reads."""
   try:
     import tifffile  # a dependency of scikit-image
+
     with tifffile.TiffFile(path) as tif:
       page = tif.pages[0]
       if page.bitspersample != 16 or page.dtype != np.uint16:
@@ -196,13 +199,13 @@ def _read_tiff16(path: str) -> tuple[np.ndarray, bool, int, bytes | None] | None
 
 # EXIF orientation (tag 0x0112) -> numpy ops that make the pixels upright, as ImageOps.exif_transpose.
 _ORIENTATION_OPS = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: np.swapaxes(a, 0, 1),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
-    8: lambda a: np.rot90(a, 1),
+  2: lambda a: a[:, ::-1],
+  3: lambda a: a[::-1, ::-1],
+  4: lambda a: a[::-1],
+  5: lambda a: np.swapaxes(a, 0, 1),
+  6: lambda a: np.rot90(a, -1),
+  7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+  8: lambda a: np.rot90(a, 1),
 }
 
 

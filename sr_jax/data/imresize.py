@@ -48,7 +48,9 @@ def _symmetric_index(index: np.ndarray, length: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=128)
-def resize_matrix(in_length: int, out_length: int, scale: float, antialiasing: bool = True) -> np.ndarray:
+def resize_matrix(
+  in_length: int, out_length: int, scale: float, antialiasing: bool = True
+) -> np.ndarray:
   """The [out_length, in_length] float32 matrix that resizes one axis like MATLAB `imresize`.
 
   Args:

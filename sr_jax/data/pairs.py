@@ -89,8 +89,11 @@ def pair_folders(hr_dir: str, lr_dir: str, scale: int, check_sizes: bool = True)
   hr_keys = {_key(path, hr_dir, None): path for path in hr_paths}
   missing_lr = [path for key, path in hr_keys.items() if key not in lr_by_key]
   missing_hr = [path for key, path in lr_by_key.items() if key not in hr_keys]
-  pairs = [ImagePair(lr_by_key[key], path) for key, path in sorted(hr_keys.items(), key=lambda kv: kv[1])
-           if key in lr_by_key]
+  pairs = [
+    ImagePair(lr_by_key[key], path)
+    for key, path in sorted(hr_keys.items(), key=lambda kv: kv[1])
+    if key in lr_by_key
+  ]
   bad_sizes = []
   if check_sizes:
     for pair in pairs:
@@ -99,33 +102,46 @@ def pair_folders(hr_dir: str, lr_dir: str, scale: int, check_sizes: bool = True)
       except image_io.ImageReadError:
         continue
       if (hr_h, hr_w) != (lr_h * scale, lr_w * scale):
-        bad_sizes.append(f"{pair.hr} is {hr_w}x{hr_h}, {pair.lr} is {lr_w}x{lr_h} "
-                         f"(expected {lr_w * scale}x{lr_h * scale} = {scale} x LR)")
+        bad_sizes.append(
+          f"{pair.hr} is {hr_w}x{hr_h}, {pair.lr} is {lr_w}x{lr_h} "
+          f"(expected {lr_w * scale}x{lr_h * scale} = {scale} x LR)"
+        )
   problems = []
   if missing_lr:
-    problems.append(f"{len(missing_lr)} HR image(s) without an LR image in {lr_dir!r}:{_listed(missing_lr)}")
+    problems.append(
+      f"{len(missing_lr)} HR image(s) without an LR image in {lr_dir!r}:{_listed(missing_lr)}"
+    )
   if missing_hr:
-    problems.append(f"{len(missing_hr)} LR image(s) without an HR image in {hr_dir!r}:{_listed(missing_hr)}")
+    problems.append(
+      f"{len(missing_hr)} LR image(s) without an HR image in {hr_dir!r}:{_listed(missing_hr)}"
+    )
   if duplicates:
     problems.append(f"{len(duplicates)} LR name(s) matching the same HR name:{_listed(duplicates)}")
   if bad_sizes:
-    problems.append(f"{len(bad_sizes)} pair(s) whose HR size is not exactly {scale} x the LR size:"
-                    f"{_listed(bad_sizes)}")
+    problems.append(
+      f"{len(bad_sizes)} pair(s) whose HR size is not exactly {scale} x the LR size:"
+      f"{_listed(bad_sizes)}"
+    )
   if problems:
-    raise PairingError(f"paired folders HR {hr_dir!r} / LR {lr_dir!r} (scale {scale}) do not match "
-                       f"(LR names may carry an 'x{scale}' suffix, e.g. 0001x{scale}.png for 0001.png):\n  "
-                       + "\n  ".join(problems))
+    raise PairingError(
+      f"paired folders HR {hr_dir!r} / LR {lr_dir!r} (scale {scale}) do not match "
+      f"(LR names may carry an 'x{scale}' suffix, e.g. 0001x{scale}.png for 0001.png):\n  "
+      + "\n  ".join(problems)
+    )
   if not pairs:
     raise PairingError(f"paired folders HR {hr_dir!r} / LR {lr_dir!r} hold no image")
   return pairs
 
 
-def pair_folder_lists(hr_dirs: Sequence[str], lr_dirs: Sequence[str], scale: int,
-                      check_sizes: bool = True) -> list[ImagePair]:
+def pair_folder_lists(
+  hr_dirs: Sequence[str], lr_dirs: Sequence[str], scale: int, check_sizes: bool = True
+) -> list[ImagePair]:
   """`pair_folders` over parallel lists of HR and LR folders (one LR folder per HR folder)."""
   if len(hr_dirs) != len(lr_dirs):
-    raise PairingError(f"{len(hr_dirs)} HR folders {list(hr_dirs)} but {len(lr_dirs)} LR folders "
-                       f"{list(lr_dirs)}: give one LR folder per HR folder")
+    raise PairingError(
+      f"{len(hr_dirs)} HR folders {list(hr_dirs)} but {len(lr_dirs)} LR folders "
+      f"{list(lr_dirs)}: give one LR folder per HR folder"
+    )
   pairs = []
   for hr_dir, lr_dir in zip(hr_dirs, lr_dirs):
     pairs.extend(pair_folders(hr_dir, lr_dir, scale, check_sizes))
@@ -140,6 +156,8 @@ def pair_problem(lr_shape: Sequence[int], hr_shape: Sequence[int], scale: int) -
   """
   for axis, side in ((0, "height"), (1, "width")):
     if not lr_shape[axis] * scale <= hr_shape[axis] < (lr_shape[axis] + 1) * scale:
-      return (f"HR {hr_shape[1]}x{hr_shape[0]} is not {scale} x LR {lr_shape[1]}x{lr_shape[0]} "
-              f"({side} differs)")
+      return (
+        f"HR {hr_shape[1]}x{hr_shape[0]} is not {scale} x LR {lr_shape[1]}x{lr_shape[0]} "
+        f"({side} differs)"
+      )
   return None

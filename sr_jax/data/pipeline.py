@@ -31,11 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from sr_jax.data import degradations
-from sr_jax.data import embedded
-from sr_jax.data import image_io
-from sr_jax.data import pairs
-from sr_jax.data import tfds_source
+from sr_jax.data import degradations, embedded, image_io, pairs, tfds_source
 from sr_jax.data.imresize import imresize
 
 log = logging.getLogger(__name__)
@@ -43,7 +39,8 @@ log = logging.getLogger(__name__)
 
 def default_config() -> ml_collections.ConfigDict:
   """Defaults of the `data` config block."""
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       # Folders of HR images (recursive); "embedded:train" / "embedded:val" are the bundled photos.
       "train_dirs": ("embedded:train",),
       "scale": 4,
@@ -68,7 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
       # below) | paired (stored LR images: train_lr_dirs, or the TFDS dataset's "lr" feature).
       "degradation": "bicubic",
       "realesrgan": degradations.default_options(),
-  })
+    }
+  )
 
 
 _DEFAULTS = default_config()
@@ -82,6 +80,7 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 class EvalImage(NamedTuple):
   """One full evaluation image: `hr` mod-cropped to a multiple of the scale, `lr` made from it."""
+
   name: str
   lr: np.ndarray  # float32 [h, w, 3] in [0, 1]
   hr: np.ndarray  # float32 [h * scale, w * scale, 3] in [0, 1]
@@ -112,17 +111,19 @@ def make_lr(hr: np.ndarray, scale: int, quantize: bool = True) -> np.ndarray:
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
   """Crops the bottom/right so height and width are multiples of `scale`."""
   h, w = img.shape[0], img.shape[1]
-  return img[:h - h % scale, :w - w % scale]
+  return img[: h - h % scale, : w - w % scale]
 
 
 def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
   """A random size x size crop of an [h, w, ...] image with h, w >= size."""
   top = rng.integers(0, img.shape[0] - size + 1)
   left = rng.integers(0, img.shape[1] - size + 1)
-  return img[top:top + size, left:left + size]
+  return img[top : top + size, left : left + size]
 
 
-def augment_pair(lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_pair(
+  lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """The same random flip / 90-degree rotation (8 dihedral cases) applied to LR and HR."""
   hflip, vflip, transpose = rng.random(3) < 0.5
 
@@ -138,20 +139,30 @@ def augment_pair(lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator) -> tu
   return apply(lr), apply(hr)
 
 
-def random_paired_crop(lr: np.ndarray, hr: np.ndarray, patch_size: int, scale: int,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_paired_crop(
+  lr: np.ndarray, hr: np.ndarray, patch_size: int, scale: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """A random patch_size LR crop and the HR crop covering the same area."""
   top = rng.integers(0, lr.shape[0] - patch_size + 1)
   left = rng.integers(0, lr.shape[1] - patch_size + 1)
   hr_top, hr_left, hr_size = top * scale, left * scale, patch_size * scale
-  return (lr[top:top + patch_size, left:left + patch_size],
-          hr[hr_top:hr_top + hr_size, hr_left:hr_left + hr_size])
+  return (
+    lr[top : top + patch_size, left : left + patch_size],
+    hr[hr_top : hr_top + hr_size, hr_left : hr_left + hr_size],
+  )
 
 
-def make_example(image: np.ndarray | dict[str, np.ndarray], rng: np.random.Generator, *,
-                 patch_size: int, scale: int, augment: bool, quantize_lr: bool,
-                 degradation: str = "bicubic", realesrgan: dict | None = None
-                 ) -> dict[str, np.ndarray]:
+def make_example(
+  image: np.ndarray | dict[str, np.ndarray],
+  rng: np.random.Generator,
+  *,
+  patch_size: int,
+  scale: int,
+  augment: bool,
+  quantize_lr: bool,
+  degradation: str = "bicubic",
+  realesrgan: dict | None = None,
+) -> dict[str, np.ndarray]:
   """One training pair: random crop, its LR, augmentation.
 
   Args:
@@ -196,8 +207,9 @@ def read_pair(pair: pairs.ImagePair) -> dict[str, np.ndarray]:
   return {"lr": image_io.read_image(pair.lr), "hr": image_io.read_image(pair.hr)}
 
 
-def _load_item(item: str | pairs.ImagePair, min_side: int, scale: int
-               ) -> tuple[np.ndarray | dict[str, np.ndarray] | None, str]:
+def _load_item(
+  item: str | pairs.ImagePair, min_side: int, scale: int
+) -> tuple[np.ndarray | dict[str, np.ndarray] | None, str]:
   """(element, "usable") or (None, reason) for an HR file or an LR/HR file pair."""
   if isinstance(item, pairs.ImagePair):
     lr, hr = _read_or_none(item.lr), _read_or_none(item.hr)
@@ -214,8 +226,14 @@ def _load_item(item: str | pairs.ImagePair, min_side: int, scale: int
       return None, "unreadable"
     element, name = image, item
   if min(image.shape[:2]) < min_side:
-    log.warning("skipping %r: %dx%d is smaller than the %dx%d HR crop (patch_size * scale)",
-                name, image.shape[1], image.shape[0], min_side, min_side)
+    log.warning(
+      "skipping %r: %dx%d is smaller than the %dx%d HR crop (patch_size * scale)",
+      name,
+      image.shape[1],
+      image.shape[0],
+      min_side,
+      min_side,
+    )
     return None, "too_small"
   return element, "usable"
 
@@ -224,8 +242,9 @@ def _nbytes(element: np.ndarray | dict[str, np.ndarray]) -> int:
   return sum(a.nbytes for a in element.values()) if isinstance(element, dict) else element.nbytes
 
 
-def load_training_images(paths: Sequence[str | pairs.ImagePair], min_side: int, cache_bytes: int,
-                         scale: int = 1) -> tuple[list, list | None, dict[str, int]]:
+def load_training_images(
+  paths: Sequence[str | pairs.ImagePair], min_side: int, cache_bytes: int, scale: int = 1
+) -> tuple[list, list | None, dict[str, int]]:
   """Decodes every file (or LR/HR pair) once, skipping unusable ones with a warning line each.
 
   Args:
@@ -270,8 +289,14 @@ _SOURCES = ("folder", "tfds")
 _DEGRADATIONS = ("bicubic", "realesrgan", "paired")
 
 
-def _folder_source(data_config: ml_collections.ConfigDict, scale: int, hr_side: int, paired: bool,
-                   process_index: int, process_count: int) -> tuple[grain.MapDataset, int]:
+def _folder_source(
+  data_config: ml_collections.ConfigDict,
+  scale: int,
+  hr_side: int,
+  paired: bool,
+  process_index: int,
+  process_count: int,
+) -> tuple[grain.MapDataset, int]:
   """This process's decoded images (or pairs) of data.train_dirs, and how many there are."""
   cache_dir = _get(data_config, "cache_dir") or None
   try:
@@ -279,8 +304,10 @@ def _folder_source(data_config: ml_collections.ConfigDict, scale: int, hr_side: 
     if paired:
       lr_dirs = tuple(_get(data_config, "train_lr_dirs"))
       if not lr_dirs:
-        raise ValueError("data.degradation='paired' with data.source='folder' needs "
-                         "data.train_lr_dirs (one LR folder per train_dirs entry)")
+        raise ValueError(
+          "data.degradation='paired' with data.source='folder' needs "
+          "data.train_lr_dirs (one LR folder per train_dirs entry)"
+        )
       items = pairs.pair_folder_lists(folders, embedded.resolve_dirs(lr_dirs, cache_dir), scale)
     else:
       items = image_io.list_images(folders)
@@ -288,47 +315,94 @@ def _folder_source(data_config: ml_collections.ConfigDict, scale: int, hr_side: 
     raise type(e)(f"data.train_dirs: {e}") from e
   shard = items[process_index::process_count]
   usable, images, counts = load_training_images(
-      shard, hr_side, int(_get(data_config, "cache_max_mb")) * 2**20, scale)
+    shard, hr_side, int(_get(data_config, "cache_max_mb")) * 2**20, scale
+  )
   skipped = len(shard) - counts["usable"]
   in_memory = images is not None
-  log.info("data.train_dirs: %d %s found in %s; process %d/%d uses %d, skipped %d "
-           "(%d unreadable, %d smaller than the %dx%d HR crop%s); decoded images %s",
-           len(items), "image pairs" if paired else "image files", folders, process_index,
-           process_count, counts["usable"], skipped, counts["unreadable"], counts["too_small"],
-           hr_side, hr_side, f", {counts['mismatched']} mismatched pairs" if paired else "",
-           "kept in memory" if in_memory else "re-read per example")
+  log.info(
+    "data.train_dirs: %d %s found in %s; process %d/%d uses %d, skipped %d "
+    "(%d unreadable, %d smaller than the %dx%d HR crop%s); decoded images %s",
+    len(items),
+    "image pairs" if paired else "image files",
+    folders,
+    process_index,
+    process_count,
+    counts["usable"],
+    skipped,
+    counts["unreadable"],
+    counts["too_small"],
+    hr_side,
+    hr_side,
+    f", {counts['mismatched']} mismatched pairs" if paired else "",
+    "kept in memory" if in_memory else "re-read per example",
+  )
   if not usable:
-    raise ValueError(f"data.train_dirs={tuple(data_config.train_dirs)}: no usable training image "
-                     f"for process {process_index} of {process_count} ({len(items)} files found, "
-                     f"{len(shard)} in this shard, {skipped} skipped; see the warnings above)")
+    raise ValueError(
+      f"data.train_dirs={tuple(data_config.train_dirs)}: no usable training image "
+      f"for process {process_index} of {process_count} ({len(items)} files found, "
+      f"{len(shard)} in this shard, {skipped} skipped; see the warnings above)"
+    )
   if in_memory:
     return grain.MapDataset.source(images), len(usable)
   # A file changed on disk since the start would raise ImageReadError here.
-  return grain.MapDataset.source(usable).map(read_pair if paired else image_io.read_image), len(usable)
+  return grain.MapDataset.source(usable).map(read_pair if paired else image_io.read_image), len(
+    usable
+  )
 
 
-def _tfds_source(data_config: ml_collections.ConfigDict, scale: int, hr_side: int, paired: bool,
-                 process_index: int, process_count: int) -> tuple[grain.MapDataset, int]:
+def _tfds_source(
+  data_config: ml_collections.ConfigDict,
+  scale: int,
+  hr_side: int,
+  paired: bool,
+  process_index: int,
+  process_count: int,
+) -> tuple[grain.MapDataset, int]:
   """This process's records of data.tfds_name (unusable ones read as None), and their count."""
   name = _get(data_config, "tfds_name")
   if not name:
-    raise ValueError("data.source='tfds' needs data.tfds_name, e.g. 'div2k/bicubic_x4' or a name "
-                     "written by `python -m sr_jax.data.prepare`")
+    raise ValueError(
+      "data.source='tfds' needs data.tfds_name, e.g. 'div2k/bicubic_x4' or a name "
+      "written by `python -m sr_jax.data.prepare`"
+    )
   split = _get(data_config, "tfds_split")
-  images = tfds_source.TfdsImages(name, split, _get(data_config, "tfds_data_dir"), paired,
-                                  min_hr_side=hr_side, scale=scale, shard_index=process_index,
-                                  shard_count=process_count)
-  log.info("data.tfds_name: %s[%s] has %d records; process %d/%d uses records %d::%d (%d); "
-           "records are checked when read (a bad one is skipped with a warning)", name, split,
-           images.num_records, process_index, process_count, process_index, process_count, len(images))
+  images = tfds_source.TfdsImages(
+    name,
+    split,
+    _get(data_config, "tfds_data_dir"),
+    paired,
+    min_hr_side=hr_side,
+    scale=scale,
+    shard_index=process_index,
+    shard_count=process_count,
+  )
+  log.info(
+    "data.tfds_name: %s[%s] has %d records; process %d/%d uses records %d::%d (%d); "
+    "records are checked when read (a bad one is skipped with a warning)",
+    name,
+    split,
+    images.num_records,
+    process_index,
+    process_count,
+    process_index,
+    process_count,
+    len(images),
+  )
   if not len(images):
-    raise ValueError(f"data.tfds_name={name!r}[{split}]: no record for process {process_index} of "
-                     f"{process_count} ({images.num_records} records)")
+    raise ValueError(
+      f"data.tfds_name={name!r}[{split}]: no record for process {process_index} of "
+      f"{process_count} ({images.num_records} records)"
+    )
   return grain.MapDataset.source(images), len(images)
 
 
-def create_train_dataset(data_config: ml_collections.ConfigDict, seed: int, local_batch_size: int,
-                         process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def create_train_dataset(
+  data_config: ml_collections.ConfigDict,
+  seed: int,
+  local_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
   """The infinite Grain dataset of this process's training batches.
 
   Args:
@@ -360,8 +434,11 @@ def create_train_dataset(data_config: ml_collections.ConfigDict, seed: int, loca
     raise ValueError(f"data.degradation={degradation!r}; expected one of {_DEGRADATIONS}")
   paired = degradation == "paired"
   if not paired and tuple(_get(data_config, "train_lr_dirs")):
-    log.warning("data.train_lr_dirs is set but data.degradation=%r makes LR from HR: the LR folders "
-                "are not used (data.degradation='paired' uses them)", degradation)
+    log.warning(
+      "data.train_lr_dirs is set but data.degradation=%r makes LR from HR: the LR folders "
+      "are not used (data.degradation='paired' uses them)",
+      degradation,
+    )
   hr_side = patch_size * scale
   make_source = _folder_source if source == "folder" else _tfds_source
   dataset, length = make_source(data_config, scale, hr_side, paired, process_index, process_count)
@@ -375,18 +452,29 @@ def create_train_dataset(data_config: ml_collections.ConfigDict, seed: int, loca
   dataset = dataset.shuffle(seed=shuffle_seed).repeat()  # a new order every pass
   realesrgan = _get(data_config, "realesrgan")
   dataset = dataset.random_map(
-      functools.partial(make_example, patch_size=patch_size, scale=scale,
-                        augment=bool(_get(data_config, "augment")),
-                        quantize_lr=bool(_get(data_config, "quantize_lr")), degradation=degradation,
-                        realesrgan=_as_dict(realesrgan) if degradation == "realesrgan" else None),
-      seed=crop_seed)
+    functools.partial(
+      make_example,
+      patch_size=patch_size,
+      scale=scale,
+      augment=bool(_get(data_config, "augment")),
+      quantize_lr=bool(_get(data_config, "quantize_lr")),
+      degradation=degradation,
+      realesrgan=_as_dict(realesrgan) if degradation == "realesrgan" else None,
+    ),
+    seed=crop_seed,
+  )
   read_options = grain.ReadOptions(
-      num_threads=int(_get(data_config, "num_threads")),
-      prefetch_buffer_size=int(_get(data_config, "prefetch_buffer_size")))
+    num_threads=int(_get(data_config, "num_threads")),
+    prefetch_buffer_size=int(_get(data_config, "prefetch_buffer_size")),
+  )
   if source == "folder":
-    iter_dataset = dataset.batch(local_batch_size, drop_remainder=True).to_iter_dataset(read_options)
+    iter_dataset = dataset.batch(local_batch_size, drop_remainder=True).to_iter_dataset(
+      read_options
+    )
   else:  # records found unusable when read are None: batch after the iterator drops them
-    iter_dataset = dataset.to_iter_dataset(read_options).batch(local_batch_size, drop_remainder=True)
+    iter_dataset = dataset.to_iter_dataset(read_options).batch(
+      local_batch_size, drop_remainder=True
+    )
   worker_count = int(_get(data_config, "worker_count"))
   if worker_count > 0:
     # Grain's workers read absl flags; outside `absl.app.run` they are unparsed and it raises.
@@ -396,15 +484,21 @@ def create_train_dataset(data_config: ml_collections.ConfigDict, seed: int, loca
   return iter_dataset
 
 
-def create_train_iterator(data_config: ml_collections.ConfigDict, seed: int, local_batch_size: int,
-                          process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+def create_train_iterator(
+  data_config: ml_collections.ConfigDict,
+  seed: int,
+  local_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.DatasetIterator:
   """Iterator over this process's training batches (see `create_train_dataset`).
 
   Its `get_state()` / `set_state()` round-trip exactly; checkpoint it with orbax through
   `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.
   """
-  return iter(create_train_dataset(data_config, seed, local_batch_size, process_index,
-                                   process_count))
+  return iter(
+    create_train_dataset(data_config, seed, local_batch_size, process_index, process_count)
+  )
 
 
 def load_eval_folder(path: str, scale: int, quantize_lr: bool = True) -> list[EvalImage]:
@@ -431,8 +525,13 @@ def load_eval_folder(path: str, scale: int, quantize_lr: bool = True) -> list[Ev
       continue
     hr = mod_crop(image, scale)
     if min(hr.shape[:2]) < scale:
-      log.warning("skipping %r: %dx%d is smaller than the scale %d", file_path, image.shape[1],
-                  image.shape[0], scale)
+      log.warning(
+        "skipping %r: %dx%d is smaller than the scale %d",
+        file_path,
+        image.shape[1],
+        image.shape[0],
+        scale,
+      )
       continue
     hr = to_float(hr)
     name = os.path.splitext(os.path.relpath(file_path, path))[0]
@@ -441,4 +540,3 @@ def load_eval_folder(path: str, scale: int, quantize_lr: bool = True) -> list[Ev
   if not images:
     raise ValueError(f"eval folder {path!r} has no usable image ({len(paths)} image files found)")
   return images
-

@@ -37,8 +37,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from sr_jax.data import image_io
-from sr_jax.data import pairs
+from sr_jax.data import image_io, pairs
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +76,11 @@ def extract_subimages(image: np.ndarray, options: SubImageOptions) -> list[np.nd
   step = options.step or options.crop_size // 2
   h, w = image.shape[:2]
   size = options.crop_size
-  return [image[top:top + size, left:left + size]
-          for top in window_starts(h, size, step, options.thresh_size)
-          for left in window_starts(w, size, step, options.thresh_size)]
+  return [
+    image[top : top + size, left : left + size]
+    for top in window_starts(h, size, step, options.thresh_size)
+    for left in window_starts(w, size, step, options.thresh_size)
+  ]
 
 
 ENCODINGS = ("png", "raw")
@@ -97,8 +98,9 @@ def _encode(image: np.ndarray, encoding: str) -> bytes | np.ndarray:
   return encode_png(image) if encoding == "png" else image
 
 
-def _examples_of_file(task: tuple[str, str | None, str, int, SubImageOptions, str]
-                      ) -> tuple[list[dict], str | None]:
+def _examples_of_file(
+  task: tuple[str, str | None, str, int, SubImageOptions, str],
+) -> tuple[list[dict], str | None]:
   """Decoded, cropped and encoded examples of one HR (and LR) file, or a warning line."""
   hr_path, lr_path, name, scale, options, encoding = task
   try:
@@ -110,17 +112,21 @@ def _examples_of_file(task: tuple[str, str | None, str, int, SubImageOptions, st
     problem = pairs.pair_problem(lr.shape, hr.shape, scale)
     if problem:
       return [], f"{hr_path} / {lr_path}: {problem}; skipped"
-    hr = hr[:lr.shape[0] * scale, :lr.shape[1] * scale]
-    lr_options = options._replace(crop_size=options.crop_size // scale,
-                                  step=(options.step or options.crop_size // 2) // scale,
-                                  thresh_size=options.thresh_size // scale)
+    hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]
+    lr_options = options._replace(
+      crop_size=options.crop_size // scale,
+      step=(options.step or options.crop_size // 2) // scale,
+      thresh_size=options.thresh_size // scale,
+    )
     hr_crops, lr_crops = extract_subimages(hr, options), extract_subimages(lr, lr_options)
   else:
     hr_crops, lr_crops = extract_subimages(hr, options), None
   examples = []
   for i, hr_crop in enumerate(hr_crops):
-    example = {"hr": _encode(hr_crop, encoding),
-               "name": name if options.crop_size <= 0 else f"{name}_s{i + 1:03d}"}
+    example = {
+      "hr": _encode(hr_crop, encoding),
+      "name": name if options.crop_size <= 0 else f"{name}_s{i + 1:03d}",
+    }
     if lr_crops is not None:
       example["lr"] = _encode(lr_crops[i], encoding)
     examples.append(example)
@@ -129,24 +135,35 @@ def _examples_of_file(task: tuple[str, str | None, str, int, SubImageOptions, st
 
 def _tasks(source: SplitSource, scale: int, options: SubImageOptions, encoding: str) -> list[tuple]:
   """One task per HR file (with its LR file when paired), in sorted HR order."""
+
   def name(path):
     return os.path.splitext(os.path.relpath(path, source.hr_dir))[0]
 
   if source.lr_dir:
     file_pairs = pairs.pair_folders(source.hr_dir, source.lr_dir, scale)
     return [(p.hr, p.lr, name(p.hr), scale, options, encoding) for p in file_pairs]
-  return [(path, None, name(path), scale, options, encoding)
-          for path in image_io.list_images(source.hr_dir)]
+  return [
+    (path, None, name(path), scale, options, encoding)
+    for path in image_io.list_images(source.hr_dir)
+  ]
 
 
-def generate_examples(source: SplitSource, scale: int, options: SubImageOptions, encoding: str,
-                      num_workers: int, counts: dict[str, int]) -> Iterator[tuple[int, dict]]:
+def generate_examples(
+  source: SplitSource,
+  scale: int,
+  options: SubImageOptions,
+  encoding: str,
+  num_workers: int,
+  counts: dict[str, int],
+) -> Iterator[tuple[int, dict]]:
   """(key, example) in file order; updates counts["files"], ["skipped"], ["examples"]."""
   tasks = _tasks(source, scale, options, encoding)
   counts.update(files=len(tasks), skipped=0, examples=0)
   if num_workers > 1:
     # spawn: forking a process that has imported JAX (multithreaded) can deadlock.
-    executor = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+    executor = concurrent.futures.ProcessPoolExecutor(
+      num_workers, mp_context=multiprocessing.get_context("spawn")
+    )
     results = executor.map(_examples_of_file, tasks, chunksize=4)  # ordered
   else:
     executor, results = None, map(_examples_of_file, tasks)
@@ -163,8 +180,14 @@ def generate_examples(source: SplitSource, scale: int, options: SubImageOptions,
       executor.shutdown(cancel_futures=True)
 
 
-def make_builder_class(name: str, splits: dict[str, SplitSource], scale: int,
-                       options: SubImageOptions, encoding: str, num_workers: int):
+def make_builder_class(
+  name: str,
+  splits: dict[str, SplitSource],
+  scale: int,
+  options: SubImageOptions,
+  encoding: str,
+  num_workers: int,
+):
   """A TFDS builder class (not registered) writing `splits` under dataset `name`."""
   import tensorflow_datasets as tfds  # slow import
 
@@ -173,6 +196,7 @@ def make_builder_class(name: str, splits: dict[str, SplitSource], scale: int,
 
   class SrImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """HR (and LR) images of folders; written in file order."""
+
     VERSION = tfds.core.Version(DATASET_VERSION)
     # TFDS looks for a checksums file next to the builder's code through `importlib_resources`
     # (not installed); there is nothing to download, so there is no such file.
@@ -183,25 +207,35 @@ def make_builder_class(name: str, splits: dict[str, SplitSource], scale: int,
         if encoding == "png":
           return tfds.features.Image(shape=(None, None, 3), encoding_format="png")
         # Raw pixels: no decoding when read (~1 ms instead of ~10 ms per 480 px crop).
-        return tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8,
-                                    encoding=tfds.features.Encoding.BYTES)
+        return tfds.features.Tensor(
+          shape=(None, None, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+        )
 
       features = {"hr": image_feature(), "name": tfds.features.Text()}
       if paired:
         features["lr"] = image_feature()
-      metadata = {"scale": scale if paired else None, "encoding": encoding, "crop_size": options.crop_size,
-                  "step": (options.step or options.crop_size // 2) if options.crop_size else 0,
-                  "thresh_size": options.thresh_size,
-                  "sources": {k: dict(v._asdict()) for k, v in splits.items()}}
+      metadata = {
+        "scale": scale if paired else None,
+        "encoding": encoding,
+        "crop_size": options.crop_size,
+        "step": (options.step or options.crop_size // 2) if options.crop_size else 0,
+        "thresh_size": options.thresh_size,
+        "sources": {k: dict(v._asdict()) for k, v in splits.items()},
+      }
       return tfds.core.DatasetInfo(
-          builder=self, description="Images of local folders, written by sr_jax.data.prepare.",
-          features=tfds.features.FeaturesDict(features), disable_shuffling=True,
-          metadata=tfds.core.MetadataDict(metadata))
+        builder=self,
+        description="Images of local folders, written by sr_jax.data.prepare.",
+        features=tfds.features.FeaturesDict(features),
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(metadata),
+      )
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {split: generate_examples(source, scale, options, encoding, num_workers, counts[split])
-              for split, source in splits.items()}
+      return {
+        split: generate_examples(source, scale, options, encoding, num_workers, counts[split])
+        for split, source in splits.items()
+      }
 
     def _generate_examples(self, **kwargs):  # required by the base class; splits use the above
       raise NotImplementedError
@@ -211,10 +245,19 @@ def make_builder_class(name: str, splits: dict[str, SplitSource], scale: int,
   return SrImageFolder
 
 
-def prepare(name: str, data_dir: str, hr_dir: str, lr_dir: str | None = None, scale: int = 0,
-            val_hr_dir: str | None = None, val_lr_dir: str | None = None,
-            options: SubImageOptions = SubImageOptions(), num_workers: int = 1,
-            overwrite: bool = False, encoding: str = "png") -> dict[str, dict[str, int]]:
+def prepare(
+  name: str,
+  data_dir: str,
+  hr_dir: str,
+  lr_dir: str | None = None,
+  scale: int = 0,
+  val_hr_dir: str | None = None,
+  val_lr_dir: str | None = None,
+  options: SubImageOptions = SubImageOptions(),
+  num_workers: int = 1,
+  overwrite: bool = False,
+  encoding: str = "png",
+) -> dict[str, dict[str, int]]:
   """Writes the TFDS dataset `name` (splits "train" and optionally "validation") into data_dir.
 
   Args:
@@ -237,7 +280,9 @@ def prepare(name: str, data_dir: str, hr_dir: str, lr_dir: str | None = None, sc
     FileExistsError: the dataset exists and overwrite is False.
   """
   if not _NAME_RE.match(name):
-    raise ValueError(f"--name={name!r}: use lowercase letters, digits and underscores, starting with a letter")
+    raise ValueError(
+      f"--name={name!r}: use lowercase letters, digits and underscores, starting with a letter"
+    )
   if encoding not in ENCODINGS:
     raise ValueError(f"--encoding={encoding!r}; expected one of {ENCODINGS}")
   if (lr_dir or val_lr_dir) and scale < 1:
@@ -249,11 +294,15 @@ def prepare(name: str, data_dir: str, hr_dir: str, lr_dir: str | None = None, sc
   if (lr_dir or val_lr_dir) and options.crop_size:
     step = options.step or options.crop_size // 2
     if options.crop_size % scale or step % scale or options.thresh_size % scale:
-      raise ValueError(f"with LR images, crop_size ({options.crop_size}), step ({step}) and "
-                       f"thresh_size ({options.thresh_size}) must be multiples of the scale {scale}")
+      raise ValueError(
+        f"with LR images, crop_size ({options.crop_size}), step ({step}) and "
+        f"thresh_size ({options.thresh_size}) must be multiples of the scale {scale}"
+      )
   splits = {"train": SplitSource(os.path.abspath(hr_dir), lr_dir and os.path.abspath(lr_dir))}
   if val_hr_dir:
-    splits["validation"] = SplitSource(os.path.abspath(val_hr_dir), val_lr_dir and os.path.abspath(val_lr_dir))
+    splits["validation"] = SplitSource(
+      os.path.abspath(val_hr_dir), val_lr_dir and os.path.abspath(val_lr_dir)
+    )
   for source in splits.values():  # fail before writing anything
     for folder in source:
       if folder and not os.path.isdir(folder):
@@ -266,57 +315,101 @@ def prepare(name: str, data_dir: str, hr_dir: str, lr_dir: str | None = None, sc
   target = os.path.join(os.path.abspath(os.path.expanduser(data_dir)), name, DATASET_VERSION)
   if os.path.exists(target):
     if not overwrite:
-      raise FileExistsError(f"TFDS dataset {name!r} already exists at {target}; pass --overwrite to replace it")
+      raise FileExistsError(
+        f"TFDS dataset {name!r} already exists at {target}; pass --overwrite to replace it"
+      )
     import shutil
+
     shutil.rmtree(target)
   builder_class = make_builder_class(name, splits, scale, options, encoding, num_workers)
-  builder = builder_class(data_dir=os.path.abspath(os.path.expanduser(data_dir)), file_format="array_record")
+  builder = builder_class(
+    data_dir=os.path.abspath(os.path.expanduser(data_dir)), file_format="array_record"
+  )
   with tempfile.TemporaryDirectory() as download_dir:  # nothing is downloaded; keep data_dir clean
-    builder.download_and_prepare(download_dir=download_dir,
-                                 download_config=tfds.download.DownloadConfig(num_shards=None))
+    builder.download_and_prepare(
+      download_dir=download_dir, download_config=tfds.download.DownloadConfig(num_shards=None)
+    )
   counts = builder_class.split_counts
   for split, c in counts.items():
-    log.info("%s[%s]: %d files, %d skipped (see warnings), %d examples", name, split,
-             c.get("files", 0), c.get("skipped", 0), c.get("examples", 0))
+    log.info(
+      "%s[%s]: %d files, %d skipped (see warnings), %d examples",
+      name,
+      split,
+      c.get("files", 0),
+      c.get("skipped", 0),
+      c.get("examples", 0),
+    )
   return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m sr_jax.data.prepare", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog="python -m sr_jax.data.prepare",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--name", required=True, help="dataset name, e.g. div2k_sub_x4")
-  parser.add_argument("--data_dir", default=os.path.join("~", "tensorflow_datasets"),
-                      help="TFDS data directory (default ~/tensorflow_datasets)")
+  parser.add_argument(
+    "--data_dir",
+    default=os.path.join("~", "tensorflow_datasets"),
+    help="TFDS data directory (default ~/tensorflow_datasets)",
+  )
   parser.add_argument("--hr_dir", required=True, help="folder of HR training images (recursive)")
   parser.add_argument("--lr_dir", help="folder of the paired LR training images")
   parser.add_argument("--scale", type=int, default=0, help="SR factor of the LR images")
   parser.add_argument("--val_hr_dir", help="folder of HR validation images (split 'validation')")
   parser.add_argument("--val_lr_dir", help="folder of the paired LR validation images")
-  parser.add_argument("--crop_size", type=int, default=0, help="sub-image side (HR pixels); 0 = whole images")
+  parser.add_argument(
+    "--crop_size", type=int, default=0, help="sub-image side (HR pixels); 0 = whole images"
+  )
   parser.add_argument("--step", type=int, default=0, help="sub-image stride; 0 = crop_size // 2")
-  parser.add_argument("--thresh_size", type=int, default=0,
-                      help="add an edge-flush window when more than this many pixels are left over")
-  parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
-                      help="processes decoding and encoding images")
-  parser.add_argument("--encoding", default="png", choices=ENCODINGS,
-                      help="png: lossless, compact; raw: uint8 pixels, larger but ~10x faster to read")
+  parser.add_argument(
+    "--thresh_size",
+    type=int,
+    default=0,
+    help="add an edge-flush window when more than this many pixels are left over",
+  )
+  parser.add_argument(
+    "--num_workers",
+    type=int,
+    default=min(8, os.cpu_count() or 1),
+    help="processes decoding and encoding images",
+  )
+  parser.add_argument(
+    "--encoding",
+    default="png",
+    choices=ENCODINGS,
+    help="png: lossless, compact; raw: uint8 pixels, larger but ~10x faster to read",
+  )
   parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+
   tfds.disable_progress_bar()  # our summary lines say what was written
   try:
-    counts = prepare(args.name, args.data_dir, args.hr_dir, args.lr_dir, args.scale, args.val_hr_dir,
-                     args.val_lr_dir, SubImageOptions(args.crop_size, args.step, args.thresh_size),
-                     args.num_workers, args.overwrite, args.encoding)
+    counts = prepare(
+      args.name,
+      args.data_dir,
+      args.hr_dir,
+      args.lr_dir,
+      args.scale,
+      args.val_hr_dir,
+      args.val_lr_dir,
+      SubImageOptions(args.crop_size, args.step, args.thresh_size),
+      args.num_workers,
+      args.overwrite,
+      args.encoding,
+    )
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   total = sum(c.get("examples", 0) for c in counts.values())
-  print(f"wrote {total} examples of {args.name!r} to {os.path.expanduser(args.data_dir)}; read with "
-        f"--config.data.source=tfds --config.data.tfds_name={args.name} "
-        f"--config.data.tfds_data_dir={os.path.expanduser(args.data_dir)}")
+  print(
+    f"wrote {total} examples of {args.name!r} to {os.path.expanduser(args.data_dir)}; read with "
+    f"--config.data.source=tfds --config.data.tfds_name={args.name} "
+    f"--config.data.tfds_data_dir={os.path.expanduser(args.data_dir)}"
+  )
   return 0
 
 

@@ -24,6 +24,7 @@ from sr_jax.data import pairs
 
 log = logging.getLogger(__name__)
 
+
 def _to_rgb(image: np.ndarray) -> np.ndarray:
   """A decoded TFDS image ([h, w, c] uint8 with c = 1, 3 or 4) as uint8 [h, w, 3]."""
   image = np.asarray(image)
@@ -52,21 +53,27 @@ def open_builder(name: str, data_dir: str = ""):
   import tensorflow_datasets as tfds  # slow import, only for this source
 
   where = data_dir or "the TFDS default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-  how = ("prepare it with `python -m sr_jax.data.prepare` or, for the catalog's div2k, with "
-         "`tfds build div2k/CONFIG --file_format=array_record` on a machine with TensorFlow "
-         "(see sr_jax/data/README.md)")
+  how = (
+    "prepare it with `python -m sr_jax.data.prepare` or, for the catalog's div2k, with "
+    "`tfds build div2k/CONFIG --file_format=array_record` on a machine with TensorFlow "
+    "(see sr_jax/data/README.md)"
+  )
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise FileNotFoundError(f"TFDS dataset {name!r} not found in {where}: "
-                            f"{str(e).splitlines()[0]}; {how}") from e
+    raise FileNotFoundError(
+      f"TFDS dataset {name!r} not found in {where}: {str(e).splitlines()[0]}; {how}"
+    ) from e
   if not builder.is_prepared():
-    raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {where} "
-                            f"(nothing at {builder.data_dir}); {how}")
+    raise FileNotFoundError(
+      f"TFDS dataset {name!r} is not prepared in {where} (nothing at {builder.data_dir}); {how}"
+    )
   file_format = builder.info.file_format
   if file_format is not None and "array_record" not in str(file_format).lower():
-    raise ValueError(f"TFDS dataset {name!r} in {builder.data_dir} is stored as {file_format}, which "
-                     "needs TensorFlow to read; prepare it again with file_format=array_record")
+    raise ValueError(
+      f"TFDS dataset {name!r} in {builder.data_dir} is stored as {file_format}, which "
+      "needs TensorFlow to read; prepare it again with file_format=array_record"
+    )
   return builder
 
 
@@ -80,17 +87,29 @@ class TfdsImages:
   raises ValueError (a pipeline that skips them would otherwise wait forever).
   """
 
-  def __init__(self, name: str, split: str = "train", data_dir: str = "", paired: bool = False,
-               min_hr_side: int = 1, scale: int = 1, shard_index: int = 0, shard_count: int = 1):
+  def __init__(
+    self,
+    name: str,
+    split: str = "train",
+    data_dir: str = "",
+    paired: bool = False,
+    min_hr_side: int = 1,
+    scale: int = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
+  ):
     builder = open_builder(name, data_dir)
     features = set(builder.info.features.keys())
     needed = {"hr", "lr"} if paired else {"hr"}
     if not needed <= features:
       user = "data.degradation='paired' needs" if paired else "training needs"
-      raise ValueError(f"TFDS dataset {name!r} has features {sorted(features)}; {user} {sorted(needed)}")
+      raise ValueError(
+        f"TFDS dataset {name!r} has features {sorted(features)}; {user} {sorted(needed)}"
+      )
     if split not in builder.info.splits:
-      raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; it has "
-                       f"{sorted(builder.info.splits.keys())}")
+      raise ValueError(
+        f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits.keys())}"
+      )
     self.name, self.split, self.paired = name, split, paired
     self.min_hr_side, self.scale = int(min_hr_side), int(scale)
     self.shard_index, self.shard_count = int(shard_index), int(shard_count)
@@ -121,8 +140,10 @@ class TfdsImages:
     if first:
       log.warning("tfds %s[%s] record %d: %s; skipped", self.name, self.split, record, message)
     if all_bad:
-      raise ValueError(f"TFDS dataset {self.name!r}[{self.split}]: none of the {len(self)} records "
-                       f"of shard {self.shard_index}/{self.shard_count} is usable (see the warnings)")
+      raise ValueError(
+        f"TFDS dataset {self.name!r}[{self.split}]: none of the {len(self)} records "
+        f"of shard {self.shard_index}/{self.shard_count} is usable (see the warnings)"
+      )
 
   def __getitem__(self, index: int) -> Any:
     record = self.shard_index + int(index) * self.shard_count
@@ -135,8 +156,10 @@ class TfdsImages:
       return None
     problem = pairs.pair_problem(lr.shape, hr.shape, self.scale) if lr is not None else None
     if problem is None and min(hr.shape[:2]) < self.min_hr_side:
-      problem = (f"{hr.shape[1]}x{hr.shape[0]} is smaller than the {self.min_hr_side}x"
-                 f"{self.min_hr_side} HR crop (patch_size * scale)")
+      problem = (
+        f"{hr.shape[1]}x{hr.shape[0]} is smaller than the {self.min_hr_side}x"
+        f"{self.min_hr_side} HR crop (patch_size * scale)"
+      )
     if problem:
       name = self.record_name(record)
       self._skip(record, f"{name + ': ' if name else ''}{problem}")

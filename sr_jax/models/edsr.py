@@ -59,17 +59,30 @@ class EDSR(nnx.Module):
   scratch; the default is the original EDSR.
   """
 
-  def __init__(self, scale: int, num_features: int = 64, num_blocks: int = 16, res_scale: float = 1.0,
-               img_range: float = 255.0, bicubic_residual: bool = False, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    scale: int,
+    num_features: int = 64,
+    num_blocks: int = 16,
+    res_scale: float = 1.0,
+    img_range: float = 255.0,
+    bicubic_residual: bool = False,
+    *,
+    rngs: nnx.Rngs,
+  ):
     self.scale = scale
     self.img_range = img_range
     self.bicubic_residual = bicubic_residual
     self.conv_first = conv3x3(3, num_features, rngs)
-    self.body = nnx.List([ResidualBlockNoBN(num_features, res_scale, rngs) for _ in range(num_blocks)])
+    self.body = nnx.List(
+      [ResidualBlockNoBN(num_features, res_scale, rngs) for _ in range(num_blocks)]
+    )
     self.conv_after_body = conv3x3(num_features, num_features, rngs)
     self.upsample = Upsample(scale, num_features, rngs)
     # Zero-initialised with a bicubic residual, so training starts from bicubic's output.
-    kernel_init = nnx.initializers.zeros_init() if bicubic_residual else nnx.initializers.lecun_normal()
+    kernel_init = (
+      nnx.initializers.zeros_init() if bicubic_residual else nnx.initializers.lecun_normal()
+    )
     self.conv_last = conv3x3(num_features, 3, rngs, kernel_init=kernel_init)
 
   def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
@@ -103,12 +116,18 @@ class Bicubic(nnx.Module):
 
 
 def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> EDSR:
-  return EDSR(scale, num_features=model_config.get("num_features", 64),
-              num_blocks=model_config.get("num_blocks", 16),
-              res_scale=model_config.get("res_scale", 1.0),
-              bicubic_residual=model_config.get("bicubic_residual", False), rngs=rngs)
+  return EDSR(
+    scale,
+    num_features=model_config.get("num_features", 64),
+    num_blocks=model_config.get("num_blocks", 16),
+    res_scale=model_config.get("res_scale", 1.0),
+    bicubic_residual=model_config.get("bicubic_residual", False),
+    rngs=rngs,
+  )
 
 
-def bicubic_from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> Bicubic:
+def bicubic_from_config(
+  model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs
+) -> Bicubic:
   del model_config, rngs
   return Bicubic(scale)

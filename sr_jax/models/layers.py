@@ -12,7 +12,9 @@ def pixel_shuffle(x: jnp.ndarray, scale: int) -> jnp.ndarray:
   n, h, w, channels = x.shape
   out_channels = channels // (scale * scale)
   if out_channels * scale * scale != channels:
-    raise ValueError(f"pixel_shuffle: {channels} channels is not a multiple of scale**2={scale * scale}")
+    raise ValueError(
+      f"pixel_shuffle: {channels} channels is not a multiple of scale**2={scale * scale}"
+    )
   x = x.reshape(n, h, w, out_channels, scale, scale)
   x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, i, w, j, c
   return x.reshape(n, h * scale, w * scale, out_channels)

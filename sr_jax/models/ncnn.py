@@ -27,8 +27,17 @@ FLAG_FP16 = 0x01306B47
 _OTHER_FLAGS = {0x000D4B38: "int8", 0x0002C056: "float32 with extra scaling"}
 
 # Layer types the two architectures use; anything else is rejected by name.
-KNOWN_LAYER_TYPES = ("Input", "Split", "Convolution", "PReLU", "PixelShuffle", "Interp", "BinaryOp",
-                     "Concat", "Eltwise")
+KNOWN_LAYER_TYPES = (
+  "Input",
+  "Split",
+  "Convolution",
+  "PReLU",
+  "PixelShuffle",
+  "Interp",
+  "BinaryOp",
+  "Concat",
+  "Eltwise",
+)
 
 # Fused activations of ncnn's Convolution (param 9) that the architectures use.
 _ACT_NONE, _ACT_LEAKY = 0, 2
@@ -63,6 +72,7 @@ class NcnnModel:
     input_blob, output_blob: ncnn blob names, for running the same files with ncnn.
     weight_dtype: "float16", "float32" or "mixed": storage of the conv kernels in the `.bin`.
   """
+
   arch: str
   arch_kwargs: dict
   state: dict[str, np.ndarray]
@@ -83,16 +93,22 @@ def parse_param(param_path) -> list[NcnnLayer]:
     with open(param_path, "r", encoding="utf-8") as f:
       lines = f.read().splitlines()
   except UnicodeDecodeError as e:
-    raise NcnnFormatError(f"{os.fspath(param_path)}: not an ncnn text .param (binary content: {e})") from e
+    raise NcnnFormatError(
+      f"{os.fspath(param_path)}: not an ncnn text .param (binary content: {e})"
+    ) from e
   if not lines or lines[0].strip() != str(PARAM_MAGIC):
     first = lines[0].strip()[:40] if lines else "<empty file>"
-    raise NcnnFormatError(f"{os.fspath(param_path)}:1: not an ncnn text .param: magic must be {PARAM_MAGIC}, "
-                          f"got {first!r}")
+    raise NcnnFormatError(
+      f"{os.fspath(param_path)}:1: not an ncnn text .param: magic must be {PARAM_MAGIC}, "
+      f"got {first!r}"
+    )
   try:
     layer_count, _ = (int(v) for v in lines[1].split())
   except (IndexError, ValueError) as e:
-    raise NcnnFormatError(f"{os.fspath(param_path)}:2: expected 'layer_count blob_count', got "
-                          f"{lines[1] if len(lines) > 1 else '<missing>'!r}") from e
+    raise NcnnFormatError(
+      f"{os.fspath(param_path)}:2: expected 'layer_count blob_count', got "
+      f"{lines[1] if len(lines) > 1 else '<missing>'!r}"
+    ) from e
   layers = []
   for lineno, line in enumerate(lines[2:], start=3):
     fields = line.split()
@@ -100,7 +116,9 @@ def parse_param(param_path) -> list[NcnnLayer]:
       continue
     layers.append(_parse_layer_line(fields, lineno, param_path))
   if len(layers) != layer_count:
-    raise NcnnFormatError(f"{os.fspath(param_path)}: header declares {layer_count} layers, file has {len(layers)}")
+    raise NcnnFormatError(
+      f"{os.fspath(param_path)}: header declares {layer_count} layers, file has {len(layers)}"
+    )
   return layers
 
 
@@ -109,11 +127,11 @@ def _parse_layer_line(fields: list[str], lineno: int, param_path) -> NcnnLayer:
   try:
     layer_type, name = fields[0], fields[1]
     n_bottoms, n_tops = int(fields[2]), int(fields[3])
-    blobs = fields[4:4 + n_bottoms + n_tops]
+    blobs = fields[4 : 4 + n_bottoms + n_tops]
     if len(blobs) != n_bottoms + n_tops:
       raise ValueError(f"{n_bottoms} bottoms + {n_tops} tops declared, {len(blobs)} names given")
     params = {}
-    for item in fields[4 + n_bottoms + n_tops:]:
+    for item in fields[4 + n_bottoms + n_tops :]:
       key_text, value_text = item.split("=", 1)
       key = int(key_text)
       if key <= -23300:  # array parameter: "-233xx=count,v1,v2,..."
@@ -127,9 +145,13 @@ def _parse_layer_line(fields: list[str], lineno: int, param_path) -> NcnnLayer:
   except (IndexError, ValueError) as e:
     raise NcnnFormatError(f"{where}: malformed layer line {' '.join(fields)[:120]!r}: {e}") from e
   if layer_type not in KNOWN_LAYER_TYPES:
-    raise NcnnFormatError(f"{where}: layer {name!r} has unsupported type {layer_type!r}; the Real-ESRGAN "
-                          f"family uses only {', '.join(KNOWN_LAYER_TYPES)}")
-  return NcnnLayer(layer_type, name, tuple(blobs[:n_bottoms]), tuple(blobs[n_bottoms:]), params, lineno)
+    raise NcnnFormatError(
+      f"{where}: layer {name!r} has unsupported type {layer_type!r}; the Real-ESRGAN "
+      f"family uses only {', '.join(KNOWN_LAYER_TYPES)}"
+    )
+  return NcnnLayer(
+    layer_type, name, tuple(blobs[:n_bottoms]), tuple(blobs[n_bottoms:]), params, lineno
+  )
 
 
 # --- .bin -------------------------------------------------------------------------------------------
@@ -147,9 +169,11 @@ class _BinReader:
   def _take(self, nbytes: int, what: str) -> bytes:
     end = self.offset + nbytes
     if end > len(self.data):
-      raise NcnnFormatError(f"{self.path}: truncated .bin: {what} needs {nbytes} bytes at offset {self.offset}, "
-                            f"only {len(self.data) - self.offset} left (file has {len(self.data)} bytes)")
-    chunk = self.data[self.offset:end]
+      raise NcnnFormatError(
+        f"{self.path}: truncated .bin: {what} needs {nbytes} bytes at offset {self.offset}, "
+        f"only {len(self.data) - self.offset} left (file has {len(self.data)} bytes)"
+      )
+    chunk = self.data[self.offset : end]
     self.offset = end
     return chunk
 
@@ -161,17 +185,23 @@ class _BinReader:
     (tag,) = struct.unpack("<I", self._take(4, f"{what} (flag word)"))
     if tag == FLAG_FP16:
       padded = (2 * count + 3) // 4 * 4
-      return np.frombuffer(self._take(padded, what)[:2 * count], "<f2").astype(np.float32), "float16"
+      return np.frombuffer(self._take(padded, what)[: 2 * count], "<f2").astype(
+        np.float32
+      ), "float16"
     if tag == FLAG_FP32:
       return self.raw_fp32(count, what), "float32"
     kind = _OTHER_FLAGS.get(tag, "quantised (lookup table)")
-    raise NcnnFormatError(f"{self.path}: {what}: unsupported weight storage flag 0x{tag:08X} ({kind}) at offset "
-                          f"{self.offset - 4}; only float32 (0x{FLAG_FP32:08X}) and float16 (0x{FLAG_FP16:08X})")
+    raise NcnnFormatError(
+      f"{self.path}: {what}: unsupported weight storage flag 0x{tag:08X} ({kind}) at offset "
+      f"{self.offset - 4}; only float32 (0x{FLAG_FP32:08X}) and float16 (0x{FLAG_FP16:08X})"
+    )
 
   def check_consumed(self):
     if self.offset != len(self.data):
-      raise NcnnFormatError(f"{self.path}: {len(self.data) - self.offset} bytes left after the last layer's weights "
-                            f"(read {self.offset} of {len(self.data)}): the .bin does not belong to this .param")
+      raise NcnnFormatError(
+        f"{self.path}: {len(self.data) - self.offset} bytes left after the last layer's weights "
+        f"(read {self.offset} of {len(self.data)}): the .bin does not belong to this .param"
+      )
 
 
 def _conv_kernel_shape(layer: NcnnLayer, param_path) -> tuple[int, int, int, int]:
@@ -179,8 +209,10 @@ def _conv_kernel_shape(layer: NcnnLayer, param_path) -> tuple[int, int, int, int
   out_ch, kw = p.get(0, 0), p.get(1, 0)
   kh, size = p.get(11, kw), p.get(6, 0)
   if out_ch <= 0 or kw <= 0 or size <= 0 or size % (out_ch * kh * kw):
-    raise NcnnFormatError(f"{layer.where(param_path)}: weight_data_size 6={size} is not num_output 0={out_ch} x "
-                          f"kernel {kh}x{kw} x input channels")
+    raise NcnnFormatError(
+      f"{layer.where(param_path)}: weight_data_size 6={size} is not num_output 0={out_ch} x "
+      f"kernel {kh}x{kw} x input channels"
+    )
   return out_ch, size // (out_ch * kh * kw), kh, kw
 
 
@@ -245,29 +277,48 @@ class _Graph:
     if layer is None or layer.type != layer_type:
       self.fail(layer, f"expected {layer_type} ({role}) here")
     if bottoms is not None and self.bottoms(layer) != tuple(bottoms):
-      self.fail(layer, f"{role} should read blobs {list(bottoms)}, reads {list(self.bottoms(layer))}")
+      self.fail(
+        layer, f"{role} should read blobs {list(bottoms)}, reads {list(self.bottoms(layer))}"
+      )
     if len(layer.tops) != 1:
       self.fail(layer, f"{role} should have one output blob, has {len(layer.tops)}")
     self.pos += 1
     return layer
 
-  def conv(self, role: str, bottom: str, in_ch: int | None, out_ch: int | None, leaky: bool) -> NcnnLayer:
+  def conv(
+    self, role: str, bottom: str, in_ch: int | None, out_ch: int | None, leaky: bool
+  ) -> NcnnLayer:
     """A 3x3 / stride 1 / pad 1 conv with bias, optionally with fused LeakyReLU(0.2)."""
     layer = self.take("Convolution", role, (bottom,))
     p = layer.params
     o, i, kh, kw = _conv_kernel_shape(layer, self.path)
-    geometry = (kh, kw, p.get(2, 1), p.get(12, p.get(2, 1)), p.get(3, 1), p.get(13, p.get(3, 1)), p.get(4, 0),
-                p.get(5, 0), p.get(19, 0), p.get(8, 0))
+    geometry = (
+      kh,
+      kw,
+      p.get(2, 1),
+      p.get(12, p.get(2, 1)),
+      p.get(3, 1),
+      p.get(13, p.get(3, 1)),
+      p.get(4, 0),
+      p.get(5, 0),
+      p.get(19, 0),
+      p.get(8, 0),
+    )
     if geometry != (3, 3, 1, 1, 1, 1, 1, 1, 0, 0) or any(k in p for k in (14, 15, 16)):
-      self.fail(layer, f"{role} must be a 3x3 conv, stride 1, dilation 1, padding 1, with bias, float weights; "
-                       f"params are {p}")
+      self.fail(
+        layer,
+        f"{role} must be a 3x3 conv, stride 1, dilation 1, padding 1, with bias, float weights; "
+        f"params are {p}",
+      )
     if (in_ch is not None and i != in_ch) or (out_ch is not None and o != out_ch):
       self.fail(layer, f"{role} has {i}->{o} channels, expected {in_ch or i}->{out_ch or o}")
     act = p.get(9, _ACT_NONE)
     if leaky:
       slope = p.get(10, (0.0,))
       if act != _ACT_LEAKY or len(slope) != 1 or abs(slope[0] - 0.2) > 1e-6:
-        self.fail(layer, f"{role} should have a fused LeakyReLU(0.2) (9=2 -23310=1,0.2); params are {p}")
+        self.fail(
+          layer, f"{role} should have a fused LeakyReLU(0.2) (9=2 -23310=1,0.2); params are {p}"
+        )
     elif act != _ACT_NONE:
       self.fail(layer, f"{role} should have no fused activation, has 9={act}")
     return layer
@@ -280,10 +331,17 @@ def _eltwise_residual(graph: _Graph, role: str, branch: str, identity: str) -> N
   """`branch * 0.2 + identity` as an ncnn Eltwise sum with coefficients."""
   layer = graph.take("Eltwise", role)
   pairs = dict(zip(graph.bottoms(layer), layer.params.get(1, (1.0, 1.0))))
-  if (layer.params.get(0, 1) != 1 or set(pairs) != {branch, identity}
-      or not math.isclose(pairs[branch], 0.2, rel_tol=1e-6) or not math.isclose(pairs[identity], 1.0)):
-    graph.fail(layer, f"{role} should be Eltwise sum 0.2*{branch} + 1.0*{identity}; it reads "
-                      f"{list(graph.bottoms(layer))} with params {layer.params}")
+  if (
+    layer.params.get(0, 1) != 1
+    or set(pairs) != {branch, identity}
+    or not math.isclose(pairs[branch], 0.2, rel_tol=1e-6)
+    or not math.isclose(pairs[identity], 1.0)
+  ):
+    graph.fail(
+      layer,
+      f"{role} should be Eltwise sum 0.2*{branch} + 1.0*{identity}; it reads "
+      f"{list(graph.bottoms(layer))} with params {layer.params}",
+    )
   return layer
 
 
@@ -291,9 +349,19 @@ def _nearest_interp(graph: _Graph, role: str, bottom: str, factor: int | None) -
   layer = graph.take("Interp", role, (bottom,))
   p = layer.params
   scale_h, scale_w = p.get(1, 1.0), p.get(2, 1.0)
-  if (p.get(0, 0) != _INTERP_NEAREST or scale_h != scale_w or scale_h != round(scale_h) or scale_h < 1
-      or (factor is not None and scale_h != factor) or p.get(3, 0) or p.get(4, 0) or p.get(6, 0)):
-    graph.fail(layer, f"{role} should be a nearest Interp by {factor or 'an integer factor'}; params are {p}")
+  if (
+    p.get(0, 0) != _INTERP_NEAREST
+    or scale_h != scale_w
+    or scale_h != round(scale_h)
+    or scale_h < 1
+    or (factor is not None and scale_h != factor)
+    or p.get(3, 0)
+    or p.get(4, 0)
+    or p.get(6, 0)
+  ):
+    graph.fail(
+      layer, f"{role} should be a nearest Interp by {factor or 'an integer factor'}; params are {p}"
+    )
   return layer
 
 
@@ -310,16 +378,26 @@ def _map_rrdbnet(graph: _Graph, data: str) -> tuple[dict, dict, str]:
   put("conv_first", first)
   feat = x = graph.top(first)
   num_grow_ch, block = None, 0
-  while (layer := graph.peek()) is not None and layer.type == "Convolution" and graph.bottoms(layer) == (x,) \
-      and layer.params.get(9, 0) == _ACT_LEAKY:
+  while (
+    (layer := graph.peek()) is not None
+    and layer.type == "Convolution"
+    and graph.bottoms(layer) == (x,)
+    and layer.params.get(9, 0) == _ACT_LEAKY
+  ):
     rrdb_in = x
     for r in (1, 2, 3):
       rdb_in, outs = x, [x]
       for k in range(1, 5):
         role = f"body.{block}.rdb{r}.conv{k}"
-        src = rdb_in if k == 1 else graph.top(graph.take("Concat", f"concat before {role}", tuple(outs)))
+        src = (
+          rdb_in
+          if k == 1
+          else graph.top(graph.take("Concat", f"concat before {role}", tuple(outs)))
+        )
         # The growth rate is read from the very first conv; every later shape is then checked.
-        conv = graph.conv(role, src, num_feat + (k - 1) * (num_grow_ch or 0), num_grow_ch, leaky=True)
+        conv = graph.conv(
+          role, src, num_feat + (k - 1) * (num_grow_ch or 0), num_grow_ch, leaky=True
+        )
         num_grow_ch = num_grow_ch or int(conv.params[0])
         put(role, conv)
         outs.append(graph.top(conv))
@@ -327,16 +405,26 @@ def _map_rrdbnet(graph: _Graph, data: str) -> tuple[dict, dict, str]:
       cat = graph.take("Concat", f"concat before {role}", tuple(outs))
       conv5 = graph.conv(role, graph.top(cat), num_feat + 4 * num_grow_ch, num_feat, leaky=False)
       put(role, conv5)
-      x = graph.top(_eltwise_residual(graph, f"body.{block}.rdb{r} residual", graph.top(conv5), rdb_in))
+      x = graph.top(
+        _eltwise_residual(graph, f"body.{block}.rdb{r} residual", graph.top(conv5), rdb_in)
+      )
     x = graph.top(_eltwise_residual(graph, f"body.{block} residual", x, rrdb_in))
     block += 1
   if block == 0:
-    graph.fail(graph.peek(), "expected the first RRDB block (a conv with fused LeakyReLU reading conv_first)")
+    graph.fail(
+      graph.peek(), "expected the first RRDB block (a conv with fused LeakyReLU reading conv_first)"
+    )
   conv_body = graph.conv("conv_body", x, num_feat, num_feat, leaky=False)
   put("conv_body", conv_body)
   add = graph.take("BinaryOp", "conv_first + conv_body")
-  if set(graph.bottoms(add)) != {feat, graph.top(conv_body)} or add.params.get(0, 0) != 0 or add.params.get(1, 0):
-    graph.fail(add, f"should add conv_first ({feat}) and conv_body ({graph.top(conv_body)}) outputs")
+  if (
+    set(graph.bottoms(add)) != {feat, graph.top(conv_body)}
+    or add.params.get(0, 0) != 0
+    or add.params.get(1, 0)
+  ):
+    graph.fail(
+      add, f"should add conv_first ({feat}) and conv_body ({graph.top(conv_body)}) outputs"
+    )
   x = graph.top(add)
   for key in ("conv_up1", "conv_up2"):
     up = _nearest_interp(graph, f"nearest x2 before {key}", x, 2)
@@ -357,14 +445,16 @@ def _map_srvgg_compact(graph: _Graph, data: str) -> tuple[dict, dict, str]:
   modules = {}
   x, index, num_feat = data, 0, None
   while graph.peek() is not None and graph.peek().type == "Convolution":
-    following = graph.layers[graph.pos + 1:graph.pos + 2]
+    following = graph.layers[graph.pos + 1 : graph.pos + 2]
     if not following or following[0].type != "PReLU":
       break  # the last conv, before the pixel shuffle
     conv = graph.conv(f"body.{index}", x, 3 if index == 0 else num_feat, num_feat, leaky=False)
     num_feat = num_feat or int(conv.params[0])
     prelu = graph.take("PReLU", f"body.{index + 1}", (graph.top(conv),))
     if prelu.params.get(0, 1) != num_feat:
-      graph.fail(prelu, f"body.{index + 1} should have {num_feat} slopes, has 0={prelu.params.get(0, 1)}")
+      graph.fail(
+        prelu, f"body.{index + 1} should have {num_feat} slopes, has 0={prelu.params.get(0, 1)}"
+      )
     modules[f"body.{index}"], modules[f"body.{index + 1}"] = conv.name, prelu.name
     x, index = graph.top(prelu), index + 2
   if num_feat is None:
@@ -374,24 +464,44 @@ def _map_srvgg_compact(graph: _Graph, data: str) -> tuple[dict, dict, str]:
   shuffle = graph.take("PixelShuffle", "upsampler", (graph.top(last),))
   upscale = int(shuffle.params.get(0, 1))
   if shuffle.params.get(1, 0) != 0 or int(last.params[0]) != 3 * upscale * upscale:
-    graph.fail(shuffle, f"upsampler should be a PyTorch-order PixelShuffle by r with 3*r*r = {int(last.params[0])} "
-                        f"input channels; params are {shuffle.params}")
+    graph.fail(
+      shuffle,
+      f"upsampler should be a PyTorch-order PixelShuffle by r with 3*r*r = {int(last.params[0])} "
+      f"input channels; params are {shuffle.params}",
+    )
   base = _nearest_interp(graph, "nearest-upsampled input", data, upscale)
   add = graph.take("BinaryOp", "output + upsampled input")
-  if set(graph.bottoms(add)) != {graph.top(shuffle), graph.top(base)} or add.params.get(0, 0) != 0 \
-      or add.params.get(1, 0):
-    graph.fail(add, f"should add the pixel-shuffle output and the upsampled input, reads {list(graph.bottoms(add))}")
+  if (
+    set(graph.bottoms(add)) != {graph.top(shuffle), graph.top(base)}
+    or add.params.get(0, 0) != 0
+    or add.params.get(1, 0)
+  ):
+    graph.fail(
+      add,
+      f"should add the pixel-shuffle output and the upsampled input, reads {list(graph.bottoms(add))}",
+    )
   out, scale = graph.top(add), upscale
   if (resize := graph.peek()) is not None and resize.type == "Interp":
     resize = graph.take("Interp", "output resize", (out,))
     p = resize.params
     factor = p.get(1, 1.0) * upscale
-    if (p.get(0, 0) != _INTERP_BICUBIC or p.get(1) != p.get(2) or abs(factor - round(factor)) > 1e-4
-        or round(factor) < 1 or p.get(3, 0) or p.get(4, 0) or p.get(6, 0)):
-      graph.fail(resize, f"output resize should be a bicubic Interp to an integer scale; params are {p}")
+    if (
+      p.get(0, 0) != _INTERP_BICUBIC
+      or p.get(1) != p.get(2)
+      or abs(factor - round(factor)) > 1e-4
+      or round(factor) < 1
+      or p.get(3, 0)
+      or p.get(4, 0)
+      or p.get(6, 0)
+    ):
+      graph.fail(
+        resize, f"output resize should be a bicubic Interp to an integer scale; params are {p}"
+      )
     out, scale = graph.top(resize), int(round(factor))
   num_conv = index // 2 - 1
-  kwargs = dict(upscale=upscale, num_feat=num_feat, num_conv=num_conv, act_type="prelu", scale=scale)
+  kwargs = dict(
+    upscale=upscale, num_feat=num_feat, num_conv=num_conv, act_type="prelu", scale=scale
+  )
   return kwargs, modules, out
 
 
@@ -416,12 +526,17 @@ def read_ncnn(param_path, bin_path=None) -> NcnnModel:
   elif "Concat" in types or "Eltwise" in types:
     arch, (kwargs, modules, out) = "rrdbnet", _map_rrdbnet(graph, data)
   else:
-    raise NcnnFormatError(f"{param_path}: graph is neither RRDBNet (Concat/Eltwise) nor SRVGGNetCompact "
-                          f"(PReLU/PixelShuffle); layer types: {sorted(types)}")
+    raise NcnnFormatError(
+      f"{param_path}: graph is neither RRDBNet (Concat/Eltwise) nor SRVGGNetCompact "
+      f"(PReLU/PixelShuffle); layer types: {sorted(types)}"
+    )
   if (extra := graph.peek()) is not None:
     graph.fail(extra, f"unexpected layer after the {arch} output")
   weights, dtypes = read_weights(layers, param_path, bin_path)
-  state = {f"{module}.{blob}": array for module, layer_name in modules.items()
-           for blob, array in weights[layer_name].items()}
+  state = {
+    f"{module}.{blob}": array
+    for module, layer_name in modules.items()
+    for blob, array in weights[layer_name].items()
+  }
   weight_dtype = dtypes.pop() if len(dtypes) == 1 else "mixed"
   return NcnnModel(arch, kwargs, state, data, out, weight_dtype)

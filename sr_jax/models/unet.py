@@ -46,7 +46,9 @@ class PixelShuffleUp(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, factor: int, rngs: nnx.Rngs):
     self.factor = factor
-    self.conv = conv3x3(in_features, out_features * factor * factor, rngs, kernel_init=icnr_init(factor))
+    self.conv = conv3x3(
+      in_features, out_features * factor * factor, rngs, kernel_init=icnr_init(factor)
+    )
 
   def __call__(self, x):
     return jax.nn.relu(pixel_shuffle(self.conv(x), self.factor))
@@ -69,28 +71,44 @@ class UNetSR(nnx.Module):
   """U-Net SR with a backbone encoder. `encoder` needs `features(x)` (strides 2, 4, 8, 16, 32),
   `feature_channels` and `feature_strides`; parameters under `encoder` are the pretrained ones."""
 
-  def __init__(self, scale: int, encoder: nnx.Module, decoder_features: Sequence[int] = (256, 128, 64, 64, 32),
-               shallow_features: int = 32, skip_norm: bool = True, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    scale: int,
+    encoder: nnx.Module,
+    decoder_features: Sequence[int] = (256, 128, 64, 64, 32),
+    shallow_features: int = 32,
+    skip_norm: bool = True,
+    *,
+    rngs: nnx.Rngs,
+  ):
     channels = tuple(encoder.feature_channels)
     if tuple(encoder.feature_strides) != (2, 4, 8, 16, 32):
       raise ValueError(f"encoder feature strides {encoder.feature_strides} != (2, 4, 8, 16, 32)")
     if len(decoder_features) != 5:
-      raise ValueError(f"model.decoder_features needs 5 widths (strides 16, 8, 4, 2, 1), got {decoder_features}")
+      raise ValueError(
+        f"model.decoder_features needs 5 widths (strides 16, 8, 4, 2, 1), got {decoder_features}"
+      )
     self.scale = scale
     self.stride = 32
     self.encoder = encoder
     # Decoder stage k goes from stride 2**(5-k) to 2**(4-k) and takes that stride's skip.
     skips = (*channels[:4][::-1], shallow_features)  # strides 16, 8, 4, 2, then 1 (shallow branch)
     widths = (channels[4], *decoder_features[:-1])
-    self.decoder = nnx.List([UpBlock(w, s, d, rngs) for w, s, d in zip(widths, skips, decoder_features)])
+    self.decoder = nnx.List(
+      [UpBlock(w, s, d, rngs) for w, s, d in zip(widths, skips, decoder_features)]
+    )
     # Pretrained features are large (std ~10 for EfficientNet-Lite0's BN outputs) and random ones
     # tiny; a per-pixel LayerNorm on every skip puts both on the decoder's scale (and stays local,
     # so tiled inference is unaffected).
-    self.skip_norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels]) if skip_norm else None
+    self.skip_norms = (
+      nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels]) if skip_norm else None
+    )
     self.shallow1 = conv3x3(3, shallow_features, rngs)
     self.shallow2 = conv3x3(shallow_features, shallow_features, rngs)
     self.upsample = PixelShuffleUp(decoder_features[-1], decoder_features[-1], scale, rngs)
-    self.conv_last = conv3x3(decoder_features[-1], 3, rngs, kernel_init=nnx.initializers.zeros_init())
+    self.conv_last = conv3x3(
+      decoder_features[-1], 3, rngs, kernel_init=nnx.initializers.zeros_init()
+    )
 
   def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
     n, h, w, _ = lr.shape
@@ -106,7 +124,7 @@ class UNetSR(nnx.Module):
     for block, skip in zip(self.decoder, skips):
       y = block(y, skip)
     y = self.conv_last(self.upsample(y))
-    y = y[:, :h * self.scale, :w * self.scale]
+    y = y[:, : h * self.scale, : w * self.scale]
     return y + bicubic_upsample(lr, self.scale)
 
 
@@ -117,7 +135,7 @@ def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.R
   weights, and trains on batch statistics from scratch (a random encoder with frozen identity
   statistics has vanishing activations: kaiming fan-out init assumes normalisation).
   """
-  from sr_jax.backbones import create_backbone  # pylint: disable=g-import-not-at-top
+  from sr_jax.backbones import create_backbone
 
   encoder_config = model_config.encoder
   weights = encoder_config.get("weights") or None
@@ -126,13 +144,25 @@ def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.R
   # The encoder draws from its own stream, so the decoder's init is the same with or without
   # pretrained weights (the scratch twin differs only in the encoder).
   freeze_bn = encoder_config.get("freeze_bn", None)
-  if freeze_bn is None:  # Frozen ImageNet statistics when there are any; batch statistics from scratch.
+  if (
+    freeze_bn is None
+  ):  # Frozen ImageNet statistics when there are any; batch statistics from scratch.
     freeze_bn = weights is not None
-  encoder = create_backbone(encoder_config.name, weights=weights, head=False, rngs=nnx.Rngs(rngs.params()),
-                            frozen_bn=freeze_bn)
-  return UNetSR(scale, encoder, decoder_features=tuple(model_config.get("decoder_features", (256, 128, 64, 64, 32))),
-                shallow_features=model_config.get("shallow_features", 32),
-                skip_norm=model_config.get("skip_norm", True), rngs=rngs)
+  encoder = create_backbone(
+    encoder_config.name,
+    weights=weights,
+    head=False,
+    rngs=nnx.Rngs(rngs.params()),
+    frozen_bn=freeze_bn,
+  )
+  return UNetSR(
+    scale,
+    encoder,
+    decoder_features=tuple(model_config.get("decoder_features", (256, 128, 64, 64, 32))),
+    shallow_features=model_config.get("shallow_features", 32),
+    skip_norm=model_config.get("skip_norm", True),
+    rngs=rngs,
+  )
 
 
 def encoder_param_count(model: UNetSR) -> int:

@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
-import numpy as np
 from flax import nnx
+import numpy as np
 
 from sr_jax import backbones
 from sr_jax.weights import merge, porting, registry
@@ -31,11 +31,14 @@ def convert(src: str, dst: str, arch: str | None = None, verify: bool = True) ->
   if arch is None:
     arch = checkpoint.metadata.get("sr_jax.arch") or backbones.detect_backbone(checkpoint.arrays)
     if arch is None:
-      raise SystemExit(f"{path}: cannot detect the architecture from its keys; pass --arch "
-                       f"({', '.join(backbones.BACKBONES)}) or --arch none")
+      raise SystemExit(
+        f"{path}: cannot detect the architecture from its keys; pass --arch "
+        f"({', '.join(backbones.BACKBONES)}) or --arch none"
+      )
   if arch == "none":
-    arrays = (checkpoint.arrays if checkpoint.layout == "nnx"
-              else porting.torch_to_nnx(checkpoint.arrays))
+    arrays = (
+      checkpoint.arrays if checkpoint.layout == "nnx" else porting.torch_to_nnx(checkpoint.arrays)
+    )
     check = "not checked (--arch none)"
   else:
     arrays = backbones.backbone_arrays(arch, path)
@@ -47,18 +50,26 @@ def convert(src: str, dst: str, arch: str | None = None, verify: bool = True) ->
   if arch != "none":
     meta["sr_jax.arch"] = arch
   porting.save_sr_jax(dst, arrays, metadata=meta)
-  return (f"converted {path} ({checkpoint.layout} layout, {len(checkpoint.arrays)} tensors) -> "
-          f"{dst} (sr_jax format, arch {arch}, {len(arrays)} arrays, {_params(arrays):.2f}M "
-          f"values); check: {check}")
+  return (
+    f"converted {path} ({checkpoint.layout} layout, {len(checkpoint.arrays)} tensors) -> "
+    f"{dst} (sr_jax format, arch {arch}, {len(arrays)} arrays, {_params(arrays):.2f}M "
+    f"values); check: {check}"
+  )
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sr_jax.tools.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m sr_jax.tools.convert",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("src", help="checkpoint file or registry name (e.g. torchvision:resnet50)")
   parser.add_argument("dst", help="output .safetensors path")
-  parser.add_argument("--arch", default=None,
-                      help=f"one of {', '.join(backbones.BACKBONES)}, or 'none' (default: detect)")
+  parser.add_argument(
+    "--arch",
+    default=None,
+    help=f"one of {', '.join(backbones.BACKBONES)}, or 'none' (default: detect)",
+  )
   parser.add_argument("--no-verify", action="store_true", help="skip the strict load check")
   args = parser.parse_args(argv)
   if args.arch not in (None, "none", *backbones.BACKBONES):

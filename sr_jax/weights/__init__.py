@@ -12,7 +12,16 @@ from sr_jax.weights.registry import register, resolve
 from sr_jax.weights.torch_pickle import UnsafeCheckpointError, load_torch_file
 
 __all__ = [
-  "Checkpoint", "LoadReport", "StateMismatchError", "UnsafeCheckpointError", "flatten_state",
-  "load_state", "load_torch_file", "read_checkpoint", "register", "resolve", "save_sr_jax",
+  "Checkpoint",
+  "LoadReport",
+  "StateMismatchError",
+  "UnsafeCheckpointError",
+  "flatten_state",
+  "load_state",
+  "load_torch_file",
+  "read_checkpoint",
+  "register",
+  "resolve",
+  "save_sr_jax",
   "torch_to_nnx",
 ]

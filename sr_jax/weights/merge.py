@@ -15,13 +15,19 @@ import fnmatch
 import re
 from typing import Iterable, Mapping
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-__all__ = ["LoadReport", "StateMismatchError", "flatten_state", "init_abstract", "load_state",
-           "matches_any"]
+__all__ = [
+  "LoadReport",
+  "StateMismatchError",
+  "flatten_state",
+  "init_abstract",
+  "load_state",
+  "matches_any",
+]
 
 
 @dataclasses.dataclass
@@ -30,9 +36,12 @@ class LoadReport:
 
   loaded: list[str] = dataclasses.field(default_factory=list)
   missing: list[str] = dataclasses.field(default_factory=list)  # in the module, not in the arrays
-  unexpected: list[str] = dataclasses.field(default_factory=list)  # in the arrays, not in the module
+  unexpected: list[str] = dataclasses.field(
+    default_factory=list
+  )  # in the arrays, not in the module
   mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = dataclasses.field(
-    default_factory=list)  # (key, module shape, array shape)
+    default_factory=list
+  )  # (key, module shape, array shape)
   skipped: list[str] = dataclasses.field(default_factory=list)  # matched a dont_load pattern
   source: str = ""
 
@@ -52,9 +61,11 @@ class LoadReport:
   def summary(self) -> str:
     """One line: counts of each category."""
     where = f"{self.source}: " if self.source else ""
-    return (f"{where}loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected "
-            f"{len(self.unexpected)}, shape mismatches {len(self.mismatched)}, skipped "
-            f"{len(self.skipped)}")
+    return (
+      f"{where}loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected "
+      f"{len(self.unexpected)}, shape mismatches {len(self.mismatched)}, skipped "
+      f"{len(self.skipped)}"
+    )
 
   def __str__(self) -> str:
     lines = [self.summary()]
@@ -105,8 +116,14 @@ def matches_any(key: str, patterns: Iterable[str]) -> bool:
   return False
 
 
-def load_state(module: nnx.Module, arrays: Mapping[str, np.ndarray], *, dont_load: Iterable[str] = (),
-               strict: bool = True, source: str = "") -> LoadReport:
+def load_state(
+  module: nnx.Module,
+  arrays: Mapping[str, np.ndarray],
+  *,
+  dont_load: Iterable[str] = (),
+  strict: bool = True,
+  source: str = "",
+) -> LoadReport:
   """Loads `arrays` into `module` in place and reports every key it could not place.
 
   Args:
@@ -133,7 +150,9 @@ def load_state(module: nnx.Module, arrays: Mapping[str, np.ndarray], *, dont_loa
     elif key not in variables:
       report.unexpected.append(key)
     elif tuple(value.shape) != tuple(np.shape(variables[key].get_value())):
-      report.mismatched.append((key, tuple(np.shape(variables[key].get_value())), tuple(value.shape)))
+      report.mismatched.append(
+        (key, tuple(np.shape(variables[key].get_value())), tuple(value.shape))
+      )
     else:
       staged[key] = value
   mismatched = {key for key, _, _ in report.mismatched}
@@ -157,8 +176,10 @@ def load_state(module: nnx.Module, arrays: Mapping[str, np.ndarray], *, dont_loa
 
 # Flax's defaults, for owners that keep no `<name>_init` (nnx.Linear, BatchNorm statistics).
 _DEFAULT_INIT = {
-  "kernel": jax.nn.initializers.lecun_normal(), "bias": jax.nn.initializers.zeros,
-  "scale": jax.nn.initializers.ones, "mean": jax.nn.initializers.zeros,
+  "kernel": jax.nn.initializers.lecun_normal(),
+  "bias": jax.nn.initializers.zeros,
+  "scale": jax.nn.initializers.ones,
+  "mean": jax.nn.initializers.zeros,
   "var": jax.nn.initializers.ones,
 }
 
@@ -191,8 +212,10 @@ def init_abstract(module: nnx.Module, rngs: nnx.Rngs) -> list[str]:
     owner, name = _owner(module, path[:-1]), path[-1]
     init = getattr(owner, f"{name}_init", None) or _DEFAULT_INIT.get(name)
     if init is None:
-      raise ValueError(f"init_abstract: no initializer for {_key(path)} "
-                       f"({type(owner).__name__} has no '{name}_init')")
+      raise ValueError(
+        f"init_abstract: no initializer for {_key(path)} "
+        f"({type(owner).__name__} has no '{name}_init')"
+      )
     var.set_value(init(rngs.params(), value.shape, value.dtype))
     filled.append(_key(path))
   return filled

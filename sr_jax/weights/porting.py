@@ -18,8 +18,15 @@ import numpy as np
 
 from sr_jax.weights import torch_pickle
 
-__all__ = ["Checkpoint", "read_checkpoint", "save_sr_jax", "torch_to_nnx", "unwrap_state_dict",
-           "strip_underscores", "SR_JAX_FORMAT"]
+__all__ = [
+  "Checkpoint",
+  "read_checkpoint",
+  "save_sr_jax",
+  "torch_to_nnx",
+  "unwrap_state_dict",
+  "strip_underscores",
+  "SR_JAX_FORMAT",
+]
 
 SR_JAX_FORMAT = "1"
 _WRAPPER_KEYS = ("state_dict", "model", "params_ema", "params", "model_state_dict", "net")
@@ -49,11 +56,13 @@ def unwrap_state_dict(obj: Any, path: str = "") -> dict[str, np.ndarray]:
     for key in _WRAPPER_KEYS:
       if isinstance(obj.get(key), dict):
         return unwrap_state_dict(obj[key], path)
-    raise ValueError(f"{path}: no tensors at the top level and none of the keys {_WRAPPER_KEYS} "
-                     f"holds a state dict (keys: {list(obj)[:10]})")
+    raise ValueError(
+      f"{path}: no tensors at the top level and none of the keys {_WRAPPER_KEYS} "
+      f"holds a state dict (keys: {list(obj)[:10]})"
+    )
   arrays = torch_pickle.flatten_tensors(obj)
   if arrays and all(k.startswith("module.") for k in arrays):
-    arrays = {k[len("module."):]: v for k, v in arrays.items()}
+    arrays = {k[len("module.") :]: v for k, v in arrays.items()}
   return arrays
 
 
@@ -64,6 +73,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     raise FileNotFoundError(f"checkpoint not found: {path}")
   if path.endswith(".safetensors"):
     from safetensors import safe_open  # lazy: only this file kind needs it
+
     with safe_open(path, framework="np") as f:
       metadata = dict(f.metadata() or {})
       arrays = {key: f.get_tensor(key) for key in f.keys()}
@@ -75,10 +85,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
   return Checkpoint(unwrap_state_dict(torch_pickle.load_torch_file(path), path), "torch", path)
 
 
-def save_sr_jax(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], *,
-                metadata: Mapping[str, str] | None = None) -> pathlib.Path:
+def save_sr_jax(
+  path: str | os.PathLike,
+  arrays: Mapping[str, np.ndarray],
+  *,
+  metadata: Mapping[str, str] | None = None,
+) -> pathlib.Path:
   """Writes sr_jax's own format: a `.safetensors` file of NNX-layout arrays + metadata."""
   from safetensors.numpy import save_file
+
   path = pathlib.Path(path)
   if path.suffix != ".safetensors":
     raise ValueError(f"{path}: sr_jax checkpoints are .safetensors files")
@@ -105,8 +120,9 @@ def _torch_weight(array: np.ndarray) -> tuple[str, np.ndarray]:
   return "kernel", np.transpose(array, (*range(2, array.ndim), 1, 0))
 
 
-def torch_to_nnx(state_dict: Mapping[str, np.ndarray], *,
-                 rename: Callable[[str], str] | None = None) -> dict[str, np.ndarray]:
+def torch_to_nnx(
+  state_dict: Mapping[str, np.ndarray], *, rename: Callable[[str], str] | None = None
+) -> dict[str, np.ndarray]:
   """Converts a PyTorch state dict (names and layouts) to NNX keys and layouts.
 
   `weight` becomes `kernel` (conv `[O, I, kh, kw] -> [kh, kw, I, O]`, linear transposed) or, when

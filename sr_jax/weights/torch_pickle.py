@@ -18,8 +18,8 @@ import io
 import os
 import pickle
 import struct
-import zipfile
 from typing import Any
+import zipfile
 
 import ml_dtypes
 import numpy as np
@@ -46,11 +46,21 @@ _STORAGE_DTYPES = {
 
 # dtypes that torch pickles by name (`GLOBAL torch <name>`), with `_rebuild_tensor_v3`.
 _TORCH_DTYPES = {
-  "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
-  "bfloat16": np.dtype(ml_dtypes.bfloat16), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
-  "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"), "bool": np.dtype("?"),
-  "uint16": np.dtype("<u2"), "uint32": np.dtype("<u4"), "uint64": np.dtype("<u8"),
-  "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn), "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+  "float64": np.dtype("<f8"),
+  "float32": np.dtype("<f4"),
+  "float16": np.dtype("<f2"),
+  "bfloat16": np.dtype(ml_dtypes.bfloat16),
+  "int64": np.dtype("<i8"),
+  "int32": np.dtype("<i4"),
+  "int16": np.dtype("<i2"),
+  "int8": np.dtype("i1"),
+  "uint8": np.dtype("u1"),
+  "bool": np.dtype("?"),
+  "uint16": np.dtype("<u2"),
+  "uint32": np.dtype("<u4"),
+  "uint64": np.dtype("<u8"),
+  "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+  "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
   "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
   "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
 }
@@ -96,15 +106,16 @@ class _Storage(_NoBuild):
 
   __slots__ = ("key", "dtype", "numel", "data", "root", "offset")
 
-  def __init__(self, key: str, dtype: np.dtype, numel: int, root: "_Storage | None" = None,
-               offset: int = 0):
+  def __init__(
+    self, key: str, dtype: np.dtype, numel: int, root: "_Storage | None" = None, offset: int = 0
+  ):
     self.key, self.dtype, self.numel = key, dtype, numel
     self.data: np.ndarray | None = None
     self.root, self.offset = root, offset  # legacy storage views share a root storage
 
   def array(self) -> np.ndarray:
     if self.root is not None:
-      return self.root.array()[self.offset:self.offset + self.numel]
+      return self.root.array()[self.offset : self.offset + self.numel]
     if self.data is None:
       raise CheckpointFormatError(f"storage {self.key!r} has no data record")
     return self.data
@@ -116,7 +127,13 @@ class _PendingTensor(_NoBuild):
   __slots__ = ("storage", "offset", "size", "stride", "dtype")
 
   def __init__(self, storage, offset, size, stride, dtype):
-    self.storage, self.offset, self.size, self.stride, self.dtype = storage, offset, size, stride, dtype
+    self.storage, self.offset, self.size, self.stride, self.dtype = (
+      storage,
+      offset,
+      size,
+      stride,
+      dtype,
+    )
 
 
 def _check_ints(name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
@@ -129,7 +146,9 @@ def _check_ints(name: str, value: Any, length: int | None = None) -> tuple[int, 
 
 def _pending(storage, offset, size, stride, dtype) -> _PendingTensor:
   if not isinstance(storage, _Storage):
-    raise CheckpointFormatError(f"tensor storage must come from a persistent id, got {type(storage)}")
+    raise CheckpointFormatError(
+      f"tensor storage must come from a persistent id, got {type(storage)}"
+    )
   size = _check_ints("size", size)
   stride = _check_ints("stride", stride, len(size))
   if not isinstance(offset, int) or offset < 0 or any(s < 0 for s in size + stride):
@@ -137,15 +156,17 @@ def _pending(storage, offset, size, stride, dtype) -> _PendingTensor:
   return _PendingTensor(storage, offset, size, stride, dtype)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+  storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
   del requires_grad, backward_hooks, metadata  # autograd state is meaningless for numpy
   dtype = storage.dtype if isinstance(storage, _Storage) else None
   return _pending(storage, storage_offset, size, stride, dtype)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
-                       metadata=None):
+def _rebuild_tensor_v3(
+  storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
   del requires_grad, backward_hooks, metadata
   if not isinstance(dtype, _TorchDtype):
     raise CheckpointFormatError(f"_rebuild_tensor_v3 expects a torch dtype, got {dtype!r}")
@@ -164,8 +185,11 @@ def _allowed_global(module: str, name: str) -> Any:
   if (module, name) == ("collections", "OrderedDict"):
     return collections.OrderedDict
   if module == "torch._utils":
-    return {"_rebuild_tensor_v2": _rebuild_tensor_v2, "_rebuild_tensor_v3": _rebuild_tensor_v3,
-            "_rebuild_parameter": _rebuild_parameter}.get(name)
+    return {
+      "_rebuild_tensor_v2": _rebuild_tensor_v2,
+      "_rebuild_tensor_v3": _rebuild_tensor_v3,
+      "_rebuild_parameter": _rebuild_parameter,
+    }.get(name)
   if module == "torch" and name in _STORAGE_DTYPES:
     return _StorageType(name, _STORAGE_DTYPES[name])
   if module == "torch" and name in _TORCH_DTYPES:
@@ -187,7 +211,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if found is None:
       raise UnsafeCheckpointError(
         f"{self._path}: refused global '{module}.{name}': not in the allow-list of a torch state "
-        "dict (tensors, storages, OrderedDict); the file may try to execute code")
+        "dict (tensors, storages, OrderedDict); the file may try to execute code"
+      )
     return found
 
   def persistent_load(self, pid: Any) -> _Storage:
@@ -213,7 +238,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
       storage = self._storages[key] = _Storage(key, storage_type.dtype, numel)
     if view is not None:  # legacy storage view: (view_key, offset, view_size)
       view_key, offset, view_size = view
-      return _Storage(str(view_key), storage.dtype, int(view_size), root=storage, offset=int(offset))
+      return _Storage(
+        str(view_key), storage.dtype, int(view_size), root=storage, offset=int(offset)
+      )
     return storage
 
 
@@ -233,12 +260,14 @@ def _materialize(obj: Any, path: str) -> Any:
     if 0 not in obj.size and extent > flat.size:
       raise CheckpointFormatError(
         f"{path}: tensor of size {obj.size} (stride {obj.stride}, offset {obj.offset}) reads past "
-        f"the end of storage {obj.storage.key!r} ({flat.size} elements)")
+        f"the end of storage {obj.storage.key!r} ({flat.size} elements)"
+      )
     if 0 in obj.size:
       return np.zeros(obj.size, dtype=flat.dtype)
     item = flat.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-      flat[obj.offset:], shape=obj.size, strides=[s * item for s in obj.stride], writeable=False)
+      flat[obj.offset :], shape=obj.size, strides=[s * item for s in obj.stride], writeable=False
+    )
     return np.array(view, copy=True, order="C")  # own the memory, C-contiguous
   if isinstance(obj, dict):
     out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
@@ -260,13 +289,16 @@ def _load_zip(path: str) -> Any:
     pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
       raise CheckpointFormatError(
-        f"{path}: zip has no single '<prefix>/data.pkl' record ({len(pickles)} found)")
+        f"{path}: zip has no single '<prefix>/data.pkl' record ({len(pickles)} found)"
+      )
     prefix = pickles[0][: -len("data.pkl")]
     big_endian = False
     if prefix + "byteorder" in names:
       big_endian = archive.read(prefix + "byteorder").decode().strip() == "big"
     storages: dict[str, _Storage] = {}
-    unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), path, storages, legacy=False)
+    unpickler = _RestrictedUnpickler(
+      io.BytesIO(archive.read(pickles[0])), path, storages, legacy=False
+    )
     result = unpickler.load()
     for key, storage in storages.items():
       record = f"{prefix}data/{key}"
@@ -276,8 +308,11 @@ def _load_zip(path: str) -> Any:
       expected = storage.numel * storage.dtype.itemsize
       if len(raw) < expected:
         raise CheckpointFormatError(
-          f"{path}: storage record {record!r} has {len(raw)} bytes, expected {expected}")
-      storage.data = _native(np.frombuffer(raw, dtype=storage.dtype, count=storage.numel), big_endian)
+          f"{path}: storage record {record!r} has {len(raw)} bytes, expected {expected}"
+        )
+      storage.data = _native(
+        np.frombuffer(raw, dtype=storage.dtype, count=storage.numel), big_endian
+      )
   return _materialize(result, path)
 
 
@@ -286,7 +321,9 @@ def _load_legacy(path: str) -> Any:
     header = _RestrictedUnpickler(f, path, {}, legacy=True)
     magic = header.load()
     if magic != _LEGACY_MAGIC:
-      raise CheckpointFormatError(f"{path}: not a torch checkpoint (neither zip nor legacy magic number)")
+      raise CheckpointFormatError(
+        f"{path}: not a torch checkpoint (neither zip nor legacy magic number)"
+      )
     header.load()  # protocol version
     sys_info = _RestrictedUnpickler(f, path, {}, legacy=True).load()
     big_endian = isinstance(sys_info, dict) and sys_info.get("little_endian") is False
