@@ -11,50 +11,58 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
+  # Every key of the input pipeline (sr_jax/data), with its default; the code has no other.
   config.data = ml_collections.ConfigDict()
-  config.data.train_dirs = (
-    "embedded:train",
-  )  # folders of HR images; "embedded:*" = bundled photos
-  config.data.scale = 4
-  config.data.patch_size = 48  # LR side of a training patch
-  config.data.augment = True  # random flips and 90-degree rotations
-  config.data.worker_count = 0  # grain worker processes (0 = in the training process)
   # Training source: "folder" (train_dirs) or "tfds" (an ArrayRecord TFDS dataset read without
   # TensorFlow: the catalog's div2k configs, or one written by `python -m sr_jax.data.prepare`).
   config.data.source = "folder"
+  config.data.train_dirs = ("embedded:train",)  # HR image folders; "embedded:*" = bundled photos
+  config.data.train_lr_dirs = ()  # paired LR folders, one per train_dirs entry ("paired")
   config.data.tfds_name = ""  # e.g. "div2k/bicubic_x4"
   config.data.tfds_data_dir = ""  # "" = ~/tensorflow_datasets or $TFDS_DATA_DIR
   config.data.tfds_split = "train"
+  config.data.cache_dir = ""  # where the embedded photos go; "" = $SR_JAX_CACHE or ~/.cache/sr_jax
+  config.data.cache_max_mb = 2048  # decoded folder images kept in memory up to this (per process)
+  config.data.scale = 4  # SR factor
+  config.data.patch_size = 48  # LR side of a training patch (the HR side is patch_size * scale)
+  config.data.augment = True  # random flips and 90-degree rotations
   # LR from HR: "bicubic" (MATLAB imresize) | "realesrgan" (second-order blur/resize/noise/JPEG,
   # options below) | "paired" (stored LR: train_lr_dirs, or the TFDS dataset's "lr" images).
   config.data.degradation = "bicubic"
-  config.data.train_lr_dirs = ()  # paired LR folders, one per train_dirs entry
-  # Real-ESRGAN x4plus degradation options (names as in its training YAML).
+  config.data.quantize_lr = True  # round bicubic LR to 8-bit levels, like benchmark LR PNGs
+  config.data.num_threads = 2  # threads preparing batches, in each process
+  config.data.prefetch_buffer_size = 4  # batches prepared ahead
+  config.data.worker_count = 0  # Grain worker processes (0 = in the training process)
+  # Real-ESRGAN x4plus degradation options (names and defaults of its train_realesrgan_x4plus.yml).
   kernels = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
   kernel_prob = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
   config.data.realesrgan = ml_collections.ConfigDict(
     {
+      # First-order blur; kernel sizes are drawn from 7, 9, ..., blur_kernel_size.
       "blur_kernel_size": 21,
-      "kernel_list": kernels,
+      "kernel_list": kernels,  # kernel types, drawn with kernel_prob
       "kernel_prob": kernel_prob,
-      "sinc_prob": 0.1,
-      "blur_sigma": (0.2, 3.0),
-      "betag_range": (0.5, 4.0),
-      "betap_range": (1.0, 2.0),
+      "sinc_prob": 0.1,  # a sinc kernel instead of the above
+      "blur_sigma": (0.2, 3.0),  # gaussian sigma range (pixels)
+      "betag_range": (0.5, 4.0),  # generalized gaussian shape range
+      "betap_range": (1.0, 2.0),  # plateau shape range
+      # Second-order blur (applied with second_blur_prob), same meanings.
       "kernel_list2": kernels,
       "kernel_prob2": kernel_prob,
       "sinc_prob2": 0.1,
       "blur_sigma2": (0.2, 1.5),
       "betag_range2": (0.5, 4.0),
       "betap_range2": (1.0, 2.0),
-      "final_sinc_prob": 0.8,
-      "resize_prob": (0.2, 0.7, 0.1),
-      "resize_range": (0.15, 1.5),
-      "gaussian_noise_prob": 0.5,
-      "noise_range": (1.0, 30.0),
+      "final_sinc_prob": 0.8,  # sinc filter after the final resize
+      # First-order resize, noise, JPEG.
+      "resize_prob": (0.2, 0.7, 0.1),  # up, down, keep
+      "resize_range": (0.15, 1.5),  # resize factor range
+      "gaussian_noise_prob": 0.5,  # else poisson
+      "noise_range": (1.0, 30.0),  # gaussian sigma, in 8-bit levels
       "poisson_scale_range": (0.05, 3.0),
-      "gray_noise_prob": 0.4,
-      "jpeg_range": (30.0, 95.0),
+      "gray_noise_prob": 0.4,  # the same noise in every channel
+      "jpeg_range": (30.0, 95.0),  # JPEG quality range
+      # Second order, same meanings.
       "second_blur_prob": 0.8,
       "resize_prob2": (0.3, 0.4, 0.3),
       "resize_range2": (0.3, 1.2),
@@ -68,11 +76,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "edsr"
-  config.model.num_features = 64
-  config.model.num_blocks = 16
+  # Pretrained weights (path or registry name), loaded once when a run starts without a
+  # checkpoint; "" = from scratch. The U-Net's are model.encoder.weights.
+  config.model.weights = ""
+  config.model.num_feat = 64  # BasicSR's EDSR names
+  config.model.num_block = 16
   config.model.res_scale = 1.0
   config.model.bicubic_residual = False
-  config.model.pretrained = ""  # path or registry name of pretrained weights ("" = from scratch)
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 2e-4
@@ -90,13 +100,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.l1_weight = 1.0
   config.loss.feature_weight = 0.0  # > 0 adds a feature (perceptual) loss from a frozen backbone
-  config.loss.feature_backbone = "efficientnet_lite0"
-  config.loss.feature_weights = "efficientnet_lite0"  # path or registry name
-  config.loss.feature_layers = (
-    0,
-    1,
-    2,
-  )  # indices into the backbone's features (strides 2, 4, 8, ...)
+  # The frozen backbone of the feature loss and its pretrained weights (path or registry name).
+  config.loss.feature_backbone = ml_collections.ConfigDict(
+    {"name": "efficientnet_lite0", "weights": "efficientnet_lite0"}
+  )
+  config.loss.feature_layers = (0, 1, 2)  # backbone feature indices (strides 2, 4, 8, ...)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # global, split over all devices of all hosts

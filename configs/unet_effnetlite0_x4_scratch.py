@@ -1,4 +1,4 @@
-"""The scratch twin of unet_effnetlite0_x4: the same everything, but a randomly initialised encoder."""
+"""The scratch twin of unet_effnetlite0_x4: the same everything, but a random encoder."""
 
 from configs import unet_effnetlite0_x4
 

@@ -3,7 +3,8 @@
 Needs the torchvision weights (downloaded once into $SR_JAX_CACHE, or put there by hand) and HR
 training images, e.g.
   python launch.py --config=configs/unet_resnet34_x4.py --workdir=W \
-    --config.data.train_dirs='("/data/DIV2K/DIV2K_train_HR",)' --config.eval.dirs='("/data/DIV2K/DIV2K_valid_HR",)'
+    --config.data.train_dirs='("/data/DIV2K/DIV2K_train_HR",)' \
+    --config.eval.dirs='("/data/DIV2K/DIV2K_valid_HR",)'
 """
 
 from configs import unet_effnetlite0_x4

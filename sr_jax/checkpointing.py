@@ -65,6 +65,16 @@ def restore(
   return manager.restore(step, args=ocp.args.Composite(**args)).state
 
 
+def restore_subtree(manager: ocp.CheckpointManager, step: int, abstract_subtree: dict) -> dict:
+  """Restores only the top-level state entries of `abstract_subtree` (e.g. the weights for
+  inference), with its shapes and shardings; nothing else of the checkpoint is read."""
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
+  args = ocp.args.PyTreeRestore(
+    item=abstract_subtree, restore_args=restore_args, partial_restore=True
+  )
+  return manager.restore(step, args=ocp.args.Composite(state=args)).state
+
+
 def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
   """'latest', 'best' or a step number -> an existing step, or a clear error."""
   steps = manager.all_steps()

@@ -2,7 +2,7 @@
 
   python -m sr_jax.compare --hr=FILE_OR_DIR --output=DIR \
       [--workdir=[LABEL=]W ...] [--weights=[LABEL=]PATH_OR_NAME ...] [--scale=S] \
-      [--checkpoint=latest|best|STEP] [--crop=TOP,LEFT,SIZE] [--tile=N --tile-overlap=M]
+      [--checkpoint=latest|best|STEP] [--crop=TOP,LEFT,SIZE] [--tile=N --tile_overlap=M]
 
 Each HR image is mod-cropped to the scale and downscaled with MATLAB bicubic (as in evaluation);
 every model upscales that LR image (tiled, see `sr_jax.tiling`), and DIR/<image name>.png shows the
@@ -16,9 +16,7 @@ import sys
 
 import numpy as np
 
-from sr_jax import figures, metrics, sharding, tiling, upscale
-from sr_jax.data import image_io, pipeline
-from sr_jax.data.imresize import imresize
+from sr_jax import data, evaluate, inference, sharding, tiling
 
 
 def split_label(spec: str) -> tuple[str | None, str]:
@@ -27,19 +25,6 @@ def split_label(spec: str) -> tuple[str | None, str]:
   if sep and label and os.sep not in label:
     return label, rest
   return None, spec
-
-
-def load_hr_images(path: str, scale: int) -> list[pipeline.EvalImage]:
-  """EvalImages (name, LR by MATLAB bicubic, mod-cropped HR) of an image file or folder."""
-  if os.path.isdir(path):
-    return pipeline.load_eval_folder(path, scale)
-  hr = pipeline.to_float(pipeline.mod_crop(image_io.read_image(path), scale))
-  if min(hr.shape[:2]) < scale:
-    raise ValueError(
-      f"{path!r}: image of {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}"
-    )
-  name = os.path.splitext(os.path.basename(path))[0]
-  return [pipeline.EvalImage(name, pipeline.make_lr(hr, scale), hr)]
 
 
 def parse_crop(text: str | None) -> tuple[int, int, int] | None:
@@ -59,29 +44,13 @@ def load_models(
   loaded = []
   for spec in workdirs:
     label, path = split_label(spec)
-    model, description = upscale.load_model(workdir=path, checkpoint=checkpoint)
+    model, description = inference.load_model(workdir=path, checkpoint=checkpoint)
     loaded.append((label or description, model))
   for spec in weights:
     label, path = split_label(spec)
-    model, description = upscale.load_model(weights=path)
+    model, description = inference.load_model(weights=path)
     loaded.append((label or description, model))
   return loaded
-
-
-def compare_image(
-  image: pipeline.EvalImage,
-  predictors: list[tuple[str, object]],
-  scale: int,
-  crop: tuple[int, int, int] | None,
-) -> tuple[object, dict[str, float]]:
-  """The figure of one image and the PSNR-Y of every panel."""
-  panels = [("bicubic", np.clip(imresize(image.lr, scale), 0.0, 1.0))]
-  panels += [(label, np.clip(predict(image.lr), 0.0, 1.0)) for label, predict in predictors]
-  psnrs = {label: metrics.psnr_y(sr, image.hr, scale) for label, sr in panels}
-  figure = figures.zoom_comparison_figure(
-    panels, image.hr, scale, crop, title=f"{image.name} x{scale}"
-  )
-  return figure, psnrs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,10 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     "--crop", help="TOP,LEFT,SIZE of the zoomed crop in HR pixels; default: automatic"
   )
   parser.add_argument(
-    "--tile", type=int, default=upscale.DEFAULT_TILE, help="LR tile core side; 0 = untiled"
+    "--tile", type=int, default=tiling.DEFAULT_TILE, help="LR tile core side; 0 = untiled"
   )
   parser.add_argument(
-    "--tile-overlap", type=int, default=upscale.DEFAULT_OVERLAP, help="LR context per side"
+    "--tile_overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="LR context per side"
   )
   return parser.parse_args(argv)
 
@@ -127,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         else "give --scale or at least one --workdir / --weights"
       )
     scale = scales.pop()
-    images = load_hr_images(args.hr, scale)
-  except (FileNotFoundError, ValueError, image_io.ImageReadError) as e:
+    images = evaluate.load_eval_images(args.hr, scale)
+  except (FileNotFoundError, ValueError, data.ImageReadError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   tile = args.tile if args.tile > 0 else None
@@ -144,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
   os.makedirs(args.output, exist_ok=True)
   for image in images:
     try:
-      figure, psnrs = compare_image(image, predictors, scale, crop)
+      figure, psnrs = evaluate.comparison(image, predictors, scale, crop)
     except ValueError as e:  # e.g. a --crop outside this image
       print(f"error: {image.name}: {e}", file=sys.stderr)
       return 2

@@ -1,17 +1,23 @@
-"""Full-image evaluation: PSNR-Y / SSIM-Y (border = scale) of a model and of bicubic, per folder."""
+"""Full-image evaluation: PSNR-Y / SSIM-Y (border = scale) of a model and of bicubic, per folder.
+
+`evaluate` returns the results; a `Reporter` writes them into a workdir (eval_results.json / .md,
+comparison figures, metric scalars)."""
 
 import dataclasses
 import json
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sr_jax import data, metrics
+from sr_jax import data, figures, metrics, utils
 from sr_jax.data.imresize import imresize
 
 # lr [h, w, 3] float32 in [0, 1] -> sr [h*s, w*s, 3].
 PredictFn = Callable[[np.ndarray], np.ndarray]
+
+RESULTS = "eval_results.json"
+START_RESULTS = "eval_results_start.json"
 
 
 @dataclasses.dataclass
@@ -42,18 +48,36 @@ def load_eval_sets(
   return sets
 
 
-def pad_to_bucket(lr: np.ndarray, multiple: int, mode: str = "reflect") -> np.ndarray:
-  """Pads an [h, w, c] image at the bottom / right up to the next multiple of `multiple` per side."""
-  height, width = lr.shape[:2]
-  pad_h, pad_w = -height % multiple, -width % multiple
-  if pad_h == 0 and pad_w == 0:
-    return lr
-  if mode == "reflect" and min(height, width) == 1:
-    mode = "edge"  # nothing to reflect on a 1-pixel side
-  return np.pad(lr, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (lr.ndim - 2), mode=mode)
+def load_eval_images(path: str, scale: int) -> list[data.EvalImage]:
+  """EvalImages (name, LR by MATLAB bicubic, mod-cropped HR) of an image file or folder."""
+  if os.path.isdir(path):
+    return data.load_eval_folder(path, scale)
+  hr = data.to_float(data.mod_crop(data.read_image(path), scale))
+  if min(hr.shape[:2]) < scale:
+    raise ValueError(
+      f"{path!r}: image of {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}"
+    )
+  name = os.path.splitext(os.path.basename(path))[0]
+  return [data.EvalImage(name, data.make_lr(hr, scale), hr)]
 
 
-def bucketed(predict: PredictFn, multiple: int = 64, mode: str = "reflect") -> PredictFn:
+def comparison(
+  image: data.EvalImage,
+  predictors: list[tuple[str, object]],
+  scale: int,
+  crop: tuple[int, int, int] | None,
+) -> tuple[object, dict[str, float]]:
+  """The figure of one image and the PSNR-Y of every panel."""
+  panels = [("bicubic", np.clip(imresize(image.lr, scale), 0.0, 1.0))]
+  panels += [(label, np.clip(predict(image.lr), 0.0, 1.0)) for label, predict in predictors]
+  psnrs = {label: metrics.psnr_y(sr, image.hr, scale) for label, sr in panels}
+  figure = figures.zoom_comparison_figure(
+    panels, image.hr, scale, crop, title=f"{image.name} x{scale}"
+  )
+  return figure, psnrs
+
+
+def bucketed(predict: PredictFn, multiple: int = 64) -> PredictFn:
   """`predict` on LR images padded to size buckets, with the SR output cropped back.
 
   A jitted predict compiles once per input shape; padding each side up to a multiple of
@@ -66,7 +90,7 @@ def bucketed(predict: PredictFn, multiple: int = 64, mode: str = "reflect") -> P
 
   def predict_bucketed(lr: np.ndarray) -> np.ndarray:
     height, width = lr.shape[:2]
-    padded = pad_to_bucket(lr, multiple, mode)
+    padded = utils.pad_bottom_right(lr, height + -height % multiple, width + -width % multiple)
     sr = np.asarray(predict(padded))
     scale = sr.shape[0] // padded.shape[0]
     return sr[: height * scale, : width * scale]
@@ -119,29 +143,113 @@ def results_document(step: int, scale: int, dataset_results: dict) -> dict:
   return {"step": int(step), "scale": int(scale), "datasets": dataset_results}
 
 
-def markdown_table(document: dict, model_name: str = "model") -> str:
-  """One row per dataset for the model and one for bicubic."""
+def mean_psnr_y(dataset_results: dict) -> float:
+  """The mean over eval sets of their PSNR-Y: what picks the best checkpoint."""
+  return float(np.mean([r["psnr_y"] for r in dataset_results.values()]))
+
+
+def scalars(dataset_results: dict) -> dict[str, float]:
+  """{"eval/<set>/<metric>": value} for metric writers."""
+  return {
+    f"eval/{name}/{key}": value
+    for name, r in dataset_results.items()
+    for key, value in r.items()
+    if key != "num_images"
+  }
+
+
+def markdown_table(document: dict, model_name: str = "model", start: dict | None = None) -> str:
+  """One row per dataset for bicubic, the model before training (`start`, if given), the model."""
+  step = document["step"]
   lines = ["| dataset | method | PSNR-Y (dB) | SSIM-Y | images |", "|---|---|---|---|---|"]
   for name, r in document["datasets"].items():
+    n = r["num_images"]
     lines.append(
-      f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} | {r['num_images']} |"
+      f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} | {n} |"
     )
-    lines.append(
-      f"| {name} | {model_name} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['num_images']} |"
-    )
+    if start and name in start["datasets"]:
+      before = start["datasets"][name]
+      lines.append(
+        f"| {name} | {model_name} at step {start['step']} | {before['psnr_y']:.2f} "
+        f"| {before['ssim_y']:.4f} | {n} |"
+      )
+    label = f"{model_name} at step {step}" if start else model_name
+    lines.append(f"| {name} | {label} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {n} |")
   return "\n".join(lines)
 
 
-def write_results(workdir: str, document: dict, model_name: str = "model") -> str:
-  """Writes eval_results.json and eval_results.md atomically; returns the Markdown table."""
-  table = markdown_table(document, model_name)
-  header = f"Evaluation at step {document['step']}, x{document['scale']}, border {document['scale']} px cropped, Y channel (BT.601).\n\n"
-  for filename, text in (
-    ("eval_results.json", json.dumps(document, indent=2)),
-    ("eval_results.md", header + table + "\n"),
-  ):
-    tmp = os.path.join(workdir, filename + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(workdir, filename))
-  return table
+def example_figure(predict: PredictFn, eval_set: EvalSet, scale: int, label: str):
+  """bicubic | model | HR of the set's first image (a PIL image)."""
+  first = eval_set.images[0]
+  sr = np.clip(predict(first.lr), 0.0, 1.0)
+  return figures.comparison_figure(eval_set.bicubic[0], sr, first.hr, scale, label)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+@dataclasses.dataclass
+class Reporter:
+  """Writes evaluation results into `workdir` (process 0 only: `enabled`).
+
+  eval_results.json / .md (the latest evaluation), eval_results_start.json (before training),
+  figures/comparison_stepN.png and comparison.png (the latest), and scalars through `writer`
+  (anything with `write(step, scalars)`).
+  """
+
+  workdir: str
+  scale: int
+  model_name: str
+  writer: Any = None
+  enabled: bool = True
+
+  def _path(self, filename: str) -> str:
+    return os.path.join(self.workdir, filename)
+
+  def report(self, step: int, dataset_results: dict, figure=None) -> str:
+    """Writes one evaluation; returns its Markdown table."""
+    document = results_document(step, self.scale, dataset_results)
+    table = markdown_table(document, self.model_name)
+    if not self.enabled:
+      return table
+    header = (
+      f"Evaluation at step {step}, x{self.scale}, border {self.scale} px cropped, "
+      "Y channel (BT.601).\n\n"
+    )
+    _write_atomic(self._path(RESULTS), json.dumps(document, indent=2))
+    _write_atomic(self._path("eval_results.md"), header + table + "\n")
+    if figure is not None:
+      os.makedirs(self._path("figures"), exist_ok=True)
+      figure.save(self._path(os.path.join("figures", f"comparison_step{step:07d}.png")))
+      figure.save(self._path("comparison.png"))
+    if self.writer is not None:
+      self.writer.write(step, scalars(dataset_results))
+    return table
+
+  def report_start(self, dataset_results: dict) -> None:
+    """The step-0 evaluation (e.g. a pretrained network before fine-tuning)."""
+    if not self.enabled:
+      return
+    document = results_document(0, self.scale, dataset_results)
+    _write_atomic(self._path(START_RESULTS), json.dumps(document, indent=2))
+    if self.writer is not None:
+      self.writer.write(0, scalars(dataset_results))
+
+  def final_table(self) -> str:
+    """The last evaluation beside bicubic and, when it was evaluated, the model at step 0."""
+    with open(self._path(RESULTS)) as f:
+      final = json.load(f)
+    start = None
+    if os.path.exists(self._path(START_RESULTS)):
+      with open(self._path(START_RESULTS)) as f:
+        start = json.load(f)
+    header = (
+      f"Evaluation at step {final['step']}, x{final['scale']}, Y channel (BT.601), "
+      f"border {final['scale']} px:\n\n"
+    )
+    return (
+      header + markdown_table(final, self.model_name, start or {"step": 0, "datasets": {}}) + "\n"
+    )

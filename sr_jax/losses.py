@@ -1,4 +1,5 @@
-"""Training losses: L1, plus an optional feature (perceptual) loss from a frozen pretrained backbone.
+"""Training losses: L1, plus an optional feature (perceptual) loss from a frozen pretrained
+backbone.
 
 total = loss.l1_weight * L1(sr, hr) + loss.feature_weight * mean over loss.feature_layers of
 L1(features(sr), features(hr)), features taken on ImageNet-normalised images. The backbone's weights
@@ -13,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sr_jax.models.unet import IMAGENET_MEAN, IMAGENET_STD
+from sr_jax import utils
+from sr_jax.backbones import create_backbone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,28 +37,31 @@ class Loss:
 
   def feature_loss(self, sr, hr, feature_state) -> jnp.ndarray:
     backbone = nnx.merge(self.feature_graphdef, jax.lax.stop_gradient(feature_state))
-    normalise = lambda x: (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-    both = backbone.features(normalise(jnp.concatenate([sr, hr], axis=0)))
+    both = backbone.features(utils.imagenet_normalize(jnp.concatenate([sr, hr], axis=0)))
     n = sr.shape[0]
-    return jnp.mean(
-      jnp.stack([jnp.mean(jnp.abs(both[i][:n] - both[i][n:])) for i in self.feature_layers])
-    )
+    per_layer = [jnp.mean(jnp.abs(both[i][:n] - both[i][n:])) for i in self.feature_layers]
+    return jnp.mean(jnp.stack(per_layer))
 
 
-def create_loss(loss_config: ml_collections.ConfigDict | None) -> tuple[Loss, Any]:
-  """The loss and the frozen feature backbone's state (None without a feature loss)."""
-  if loss_config is None:
-    return Loss(l1_weight=1.0), None
-  if not loss_config.get("feature_weight", 0.0):
+def create_loss(
+  loss_config: ml_collections.ConfigDict, load_weights: bool = True
+) -> tuple[Loss, Any]:
+  """The loss and the frozen feature backbone's state (None without a feature loss).
+
+  With `load_weights=False` the backbone state is abstract (shapes only, no file read): the
+  weights are then restored from a checkpoint that holds them.
+  """
+  if not loss_config.feature_weight:
     return Loss(l1_weight=loss_config.l1_weight), None
-  from sr_jax.backbones import create_backbone
+  backbone_config = loss_config.feature_backbone
 
-  backbone = create_backbone(
-    loss_config.feature_backbone,
-    weights=loss_config.feature_weights or None,
-    head=False,
-    frozen_bn=True,
-  )
+  def build(weights):
+    return create_backbone(backbone_config.name, weights=weights, head=False, freeze_bn=True)
+
+  if load_weights:
+    backbone = build(backbone_config.weights or None)
+  else:
+    backbone = nnx.eval_shape(lambda: build(None))
   layers = tuple(int(i) for i in loss_config.feature_layers)
   if not layers or max(layers) >= len(backbone.feature_channels):
     raise ValueError(

@@ -64,7 +64,7 @@ def create_optimizer(
       learning_rate, b1=optim_config.b1, b2=optim_config.b2, weight_decay=optim_config.weight_decay
     )
 
-  lr_mult = optim_config.get("encoder_lr_mult", 1.0)
+  lr_mult = optim_config.encoder_lr_mult
   if lr_mult == 1.0 and not freeze_encoder_steps:
     update = adamw(schedule)
   else:
@@ -83,8 +83,6 @@ def create_optimizer(
 def from_config(
   config: ml_collections.ConfigDict,
 ) -> tuple[optax.Schedule, optax.GradientTransformation]:
-  """The schedule and optimiser of a full config (optim.*, train.steps, train.freeze_encoder_steps)."""
+  """The schedule and optimiser of a config (optim.*, train.steps, train.freeze_encoder_steps)."""
   schedule = create_schedule(config.optim, config.train.steps)
-  return schedule, create_optimizer(
-    config.optim, schedule, config.train.get("freeze_encoder_steps", 0)
-  )
+  return schedule, create_optimizer(config.optim, schedule, config.train.freeze_encoder_steps)

@@ -33,6 +33,7 @@ activations.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Iterator, Sequence
 
 from flax import nnx
@@ -40,9 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax import sharding
+from sr_jax import inference, sharding, utils
 
-# float32 [n, th, tw, 3] in [0, 1] -> [n, th * scale, tw * scale, 3] (numpy or a jax.Array, unclipped).
+DEFAULT_TILE = 256  # EDSR-baseline x4: ~1 GB of activations for a 320x320 LR window on CPU
+DEFAULT_OVERLAP = 40  # >= EDSR-baseline's receptive-field radius (36 LR pixels): exact tiles
+
+# float32 [n, th, tw, 3] in [0, 1] -> [n, th * s, tw * s, 3] (numpy or a jax.Array, unclipped).
 TileFn = Callable[[np.ndarray], np.ndarray | jax.Array]
 
 # BT.601 luma, as PIL's convert("L"): how RGB network output goes back to one gray channel.
@@ -72,10 +76,7 @@ def make_tile_fn(model: nnx.Module, device: jax.Device | None = None) -> TileFn:
   """
   graphdef, state = nnx.split(model)
   devices = [device] if device is not None else jax.local_devices()
-
-  def forward(state, lr):
-    return nnx.merge(graphdef, state)(lr)
-
+  forward = functools.partial(inference.forward, graphdef)
   forward_one, state_one = jax.jit(forward), jax.device_put(state, devices[0])
   if len(devices) == 1:
     return lambda lr: forward_one(state_one, jnp.asarray(lr, jnp.float32))
@@ -96,7 +97,7 @@ def make_tile_fn(model: nnx.Module, device: jax.Device | None = None) -> TileFn:
 
 
 def input_multiple(model: nnx.Module) -> int:
-  """The factor LR sizes must be multiples of: 2 / 4 for RRDBNet x2 / x1 (pixel unshuffle), else 1."""
+  """What LR sizes must be multiples of: 2 / 4 for RRDBNet x2 / x1 (pixel unshuffle), else 1."""
   return int(getattr(model, "unshuffle", 1) or 1)
 
 
@@ -148,16 +149,6 @@ def plan_windows(
 
 def num_windows(height: int, width: int, tile: int | None, overlap: int = 0, align: int = 1) -> int:
   return len(plan_windows(height, width, tile, overlap, align)[2])
-
-
-def _pad_reflect(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Pads the bottom / right to (height, width) by reflection (edge copy for 1-pixel sides)."""
-  pad_h, pad_w = height - image.shape[0], width - image.shape[1]
-  if pad_h == 0 and pad_w == 0:
-    return image
-  pads = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2)
-  mode = "reflect" if min(image.shape[:2]) > 1 else "edge"
-  return np.pad(image, pads, mode=mode)
 
 
 def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
@@ -219,7 +210,7 @@ def upscale_image(
   (window_h, window_w), (padded_h, padded_w), windows = plan_windows(
     height, width, tile, overlap, align
   )
-  image = _pad_reflect(image, padded_h, padded_w)
+  image = utils.pad_bottom_right(image, padded_h, padded_w)
   out = np.empty((height * scale, width * scale, channels), out_dtype)
 
   def run(batch: list[Window]) -> jax.Array | np.ndarray:

@@ -1,14 +1,17 @@
-"""The training loop: data -> jitted data-parallel step -> logs, evaluation, orbax checkpoints.
+"""Training: config -> train state on a ("data",) mesh -> jitted data-parallel step -> loop with
+logging, evaluation and orbax checkpoints; and `--mode=eval` of a checkpoint.
 
-The train state is a plain dict pytree (step, params, model_state, opt_state, rng[, ema_params]) on a
-("data",) mesh of every device of every host; batches are split over it. Params are replicated; the
-optimiser state and EMA weights are split over the mesh (ZeRO-1, `sharding.state_shardings`).
+The train state is a plain dict pytree (step, params, model_state, opt_state[, ema_params,
+loss_state]) on a ("data",) mesh of every device of every host; batches are split over it. Params
+are replicated; the optimiser state and EMA weights are split over the mesh (ZeRO-1,
+`sharding.state_shardings`). Pretrained weights are applied once, when a run starts without a
+checkpoint; a resumed run builds its state abstractly and restores it.
 """
 
-import json
+import functools
 import os
 import time
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 from flax import nnx
@@ -23,16 +26,18 @@ from sr_jax import (
   checkpointing,
   data,
   evaluate,
-  figures,
+  inference,
   losses,
   optim,
   sharding,
   train_logging,
 )
-from sr_jax import train_state as train_state_lib
+from sr_jax import (
+  train_state as train_state_lib,
+)
 from sr_jax.train_state import TrainState
 
-START_RESULTS = "eval_results_start.json"
+StepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]
 
 
 def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
@@ -45,9 +50,9 @@ def make_train_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   ema_decay: float,
-  loss: losses.Loss = losses.Loss(l1_weight=1.0),
+  loss: losses.Loss,
   mesh: jax.sharding.Mesh | None = None,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+) -> StepFn:
   """One optimisation step on a global batch; the gradient of the batch-mean loss is global.
 
   With `mesh` (the state laid out by `sharding.state_shardings`), the update is ZeRO-1 style: the
@@ -67,9 +72,7 @@ def make_train_step(
       state["params"], state["model_state"]
     )
     params = state["params"]
-    if (
-      mesh is not None
-    ):  # Each device: its slice of the grads (after the batch mean) and of the params.
+    if mesh is not None:  # Each device: its slice of the grads (after the batch mean) and params.
       split = sharding.split_shardings(params, mesh)
       grads = jax.lax.with_sharding_constraint(grads, split)
       params = jax.lax.with_sharding_constraint(params, split)
@@ -98,83 +101,82 @@ def make_train_step(
   return train_step
 
 
-def make_predictor(graphdef: nnx.GraphDef) -> Callable[[TrainState], evaluate.PredictFn]:
-  """state -> full-image SR function, with the EMA weights when there are any.
+class Trainer(NamedTuple):
+  """What a run trains: the network's graph, its train state on the mesh, the jitted step."""
 
-  One jitted forward for the whole run (it compiles once per input shape, not once per
-  evaluation), on one local device: replicated weights would repeat the work on every device.
+  graphdef: nnx.GraphDef
+  state: TrainState  # concrete, or abstract (ShapeDtypeStructs) to restore a checkpoint into
+  step: StepFn  # jitted; donates the state it is given
+
+
+def create_trainer(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, abstract: bool = False
+) -> Trainer:
+  """The train state of `config` laid out on `mesh` and its jitted train step.
+
+  abstract=False: a fresh state, with the config's pretrained weights loaded (model and feature
+  loss). abstract=True: shapes and shardings only, no file read: the template to restore into.
+  The one place that assembles the step: training, benchmarks and notebooks all call it.
   """
+  schedule, tx = optim.from_config(config)
+  loss, loss_state = losses.create_loss(config.loss, load_weights=not abstract)
+  if abstract:
+    graphdef, state = train_state_lib.abstract_train_state(config, tx, mesh, loss_state)
+  else:
+    graphdef, state = train_state_lib.create_train_state(config, tx, loss_state)
+    state = sharding.place_state(state, mesh)  # ZeRO-1: opt_state, ema_params split
+  step = make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh)
+  jitted = jax.jit(
+    step,
+    donate_argnums=(0,),
+    out_shardings=(sharding.state_shardings(state, mesh), sharding.replicated(mesh)),
+  )
+  return Trainer(graphdef, state, jitted)
 
-  @jax.jit
-  def forward(params, model_state, lr):
-    model = nnx.merge(graphdef, params, model_state)
-    model.eval()  # BatchNorm on running statistics, whatever training used
-    return model(lr)
 
-  def bind(state: TrainState) -> evaluate.PredictFn:
-    # On one local device; the EMA weights may be split over the mesh (sharding.state_shardings).
-    params, model_state = sharding.on_one_device(
-      (state.get("ema_params", state["params"]), state["model_state"])
-    )
-    return lambda lr: np.asarray(forward(params, model_state, jnp.asarray(lr)[None]))[0]
-
-  return bind
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, params, model_state, lr):
+  return inference.forward(graphdef, (params, model_state), lr)
 
 
-def _check_finite(history: list[dict], start_step: int) -> None:
+def make_predictor(graphdef: nnx.GraphDef, state: TrainState) -> evaluate.PredictFn:
+  """Full-image SR with the state's EMA weights (params without EMA), on one local device.
+
+  The jitted forward is cached per graph, so it compiles once per input shape for the whole run;
+  on one device, since replicated weights would repeat the work on every device.
+  """
+  weights = state.get("ema_params", state["params"])
+  params, model_state = sharding.on_one_device((weights, state["model_state"]))
+  return lambda lr: np.asarray(_forward(graphdef, params, model_state, jnp.asarray(lr)[None]))[0]
+
+
+def _check_finite(history: list[dict], first_step: int) -> None:
   for offset, row in enumerate(history):
     if not np.isfinite(row["loss"]):
       raise FloatingPointError(
-        f"non-finite loss {row['loss']} at step {start_step + offset + 1}; training stopped, the last "
-        "checkpoint (saved only from finite steps) is intact. Lower optim.learning_rate or "
+        f"non-finite loss {row['loss']} at step {first_step + offset}; training stopped, the "
+        "last checkpoint (saved only from finite steps) is intact. Lower optim.learning_rate or "
         "optim.grad_clip_norm, or check the data."
       )
 
 
-def _evaluate_and_report(predict, eval_sets, config, workdir, step, writer, is_main) -> float:
-  """Runs evaluation, writes eval_results.{json,md} and comparison figures; returns mean PSNR-Y."""
-  dataset_results = evaluate.evaluate(
-    predict, eval_sets, config.data.scale, bucket=config.eval.bucket
-  )
-  document = evaluate.results_document(step, config.data.scale, dataset_results)
-  if is_main:
-    table = evaluate.write_results(workdir, document, config.model.name)
-    logging.info("step %d evaluation:\n%s", step, table)
-    first = eval_sets[0]
-    sr = np.clip(predict(first.images[0].lr), 0.0, 1.0)
-    figure = figures.comparison_figure(
-      first.bicubic[0], sr, first.images[0].hr, config.data.scale, config.model.name
-    )
-    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
-    figure.save(os.path.join(workdir, "figures", f"comparison_step{step:07d}.png"))
-    figure.save(os.path.join(workdir, "comparison.png"))  # the latest
-    scalars = {
-      f"eval/{name}/{key}": value
-      for name, r in dataset_results.items()
-      for key, value in r.items()
-      if key != "num_images"
-    }
-    writer.write(step, scalars)
-  return float(np.mean([r["psnr_y"] for r in dataset_results.values()]))
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
 
 
-def _evaluate_at_start(predict, eval_sets, config, workdir, writer, is_main) -> None:
-  """Step-0 evaluation (e.g. a pretrained network before fine-tuning), kept in eval_results_start.json."""
-  dataset_results = evaluate.evaluate(
-    predict, eval_sets, config.data.scale, bucket=config.eval.bucket
+def _load_eval_sets(config: ml_collections.ConfigDict) -> list[evaluate.EvalSet]:
+  return evaluate.load_eval_sets(
+    config.eval.dirs, config.data.scale, config.eval.datasets, config.eval.data_root
   )
-  if is_main:
-    with open(os.path.join(workdir, START_RESULTS), "w") as f:
-      json.dump(evaluate.results_document(0, config.data.scale, dataset_results), f, indent=2)
-    writer.write(
-      0,
-      {
-        f"eval/{name}/{key}": value
-        for name, r in dataset_results.items()
-        for key, value in r.items()
-        if key != "num_images"
-      },
-    )
+
+
+def _evaluate(config, trainer: Trainer, state: TrainState, eval_sets) -> tuple[dict, Any]:
+  """Results on every eval set, and the comparison figure of the first image."""
+  predict = make_predictor(trainer.graphdef, state)
+  results = evaluate.evaluate(predict, eval_sets, config.data.scale, bucket=config.eval.bucket)
+  figure = evaluate.example_figure(predict, eval_sets[0], config.data.scale, config.model.name)
+  return results, figure
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -182,15 +184,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _save_config(config, workdir)
   mesh = sharding.create_mesh()
-  schedule, tx = optim.from_config(config)
-  loss, loss_state = losses.create_loss(config.get("loss"))
-  graphdef, state = train_state_lib.create_train_state(config, tx, loss_state)
-  state = sharding.place_state(
-    state, mesh
-  )  # ZeRO-1: opt_state and ema_params split, the rest replicated
+  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
+  start_step = manager.latest_step() or 0
+  trainer = create_trainer(config, mesh, abstract=start_step > 0)
   train_iter = data.create_train_iterator(
     config.data,
     seed=config.seed,
@@ -198,159 +196,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  eval_sets = evaluate.load_eval_sets(
-    config.eval.dirs, config.data.scale, config.eval.datasets, config.eval.data_root
-  )
-
-  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
-  start_step = 0
-  if manager.latest_step() is not None:
-    start_step = manager.latest_step()
-    state = checkpointing.restore(manager, start_step, train_state_lib.abstract(state), train_iter)
+  state = trainer.state
+  if start_step:
+    state = checkpointing.restore(manager, start_step, state, train_iter)
     logging.info("resumed from step %d in %s", start_step, workdir)
+  eval_sets = _load_eval_sets(config)
   writer = train_logging.MetricWriter(workdir, enabled=is_main, truncate_after_step=start_step)
+  reporter = evaluate.Reporter(workdir, config.data.scale, config.model.name, writer, is_main)
+  if eval_sets and start_step == 0 and config.train.eval_at_start:
+    reporter.report_start(_evaluate(config, trainer, state, eval_sets)[0])
 
-  replicated = sharding.replicated(mesh)
-  train_step = jax.jit(
-    make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh),
-    donate_argnums=(0,),
-    out_shardings=(sharding.state_shardings(state, mesh), replicated),
+  train = config.train
+  progress = tqdm.tqdm(
+    total=train.steps, initial=start_step, disable=not is_main, desc="train", unit="step"
   )
-  predictor = make_predictor(graphdef)
-  if eval_sets and start_step == 0 and config.train.get("eval_at_start", False):
-    _evaluate_at_start(predictor(state), eval_sets, config, workdir, writer, is_main)
+  pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
   try:
-    state = _train_loop(
-      config,
-      workdir,
-      mesh,
-      predictor,
-      state,
-      train_step,
-      train_iter,
-      eval_sets,
-      manager,
-      writer,
-      start_step,
-      is_main,
-    )
+    for step in range(start_step + 1, train.steps + 1):
+      state, step_metrics = trainer.step(state, sharding.global_batch(next(train_iter), mesh))
+      pending.append(step_metrics)
+      progress.update(1)
+      is_last = step == train.steps
+      should_eval = bool(eval_sets) and (step % train.eval_every_steps == 0 or is_last)
+      should_save = step % train.checkpoint_every_steps == 0 or is_last or should_eval
+      should_log = step % train.log_every_steps == 0 or is_last
+      if should_log or should_save:  # Only here does the host wait for the device.
+        history = jax.device_get(pending)
+        _check_finite(history, step - len(history) + 1)
+        pending = []
+        if should_log:
+          now = time.perf_counter()
+          steps_per_sec = (step - last_log_step) / (now - last_log_time)
+          last_log_time, last_log_step = now, step
+          row = {k: float(v) for k, v in history[-1].items()}
+          row.update(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * train.batch_size)
+          writer.write(step, row)
+          progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['learning_rate']:.2e}")
+      eval_metrics = None
+      if should_eval:
+        results, figure = _evaluate(config, trainer, state, eval_sets)
+        logging.info("step %d evaluation:\n%s", step, reporter.report(step, results, figure))
+        eval_metrics = {checkpointing.BEST_METRIC: evaluate.mean_psnr_y(results)}
+      if should_save:
+        checkpointing.save(manager, step, state, train_iter, eval_metrics)
   finally:  # Also on errors: let an async save finish, so the last good checkpoint is complete.
+    progress.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
   if is_main and eval_sets:
-    print(_final_table(workdir, config.model.name))
-  return state
-
-
-def _final_table(workdir: str, model_name: str) -> str:
-  """The last evaluation, with the model's numbers before training when eval_at_start ran."""
-  with open(os.path.join(workdir, "eval_results.json")) as f:
-    final = json.load(f)
-  lines = [
-    f"Evaluation at step {final['step']}, x{final['scale']}, Y channel (BT.601), border {final['scale']} px:",
-    "",
-    "| dataset | method | PSNR-Y (dB) | SSIM-Y |",
-    "|---|---|---|---|",
-  ]
-  start = None
-  if os.path.exists(os.path.join(workdir, START_RESULTS)):
-    with open(os.path.join(workdir, START_RESULTS)) as f:
-      start = json.load(f)
-  for name, r in final["datasets"].items():
-    lines.append(f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} |")
-    if start and name in start["datasets"]:
-      before = start["datasets"][name]
-      lines.append(
-        f"| {name} | {model_name} at step 0 | {before['psnr_y']:.2f} | {before['ssim_y']:.4f} |"
-      )
-    lines.append(
-      f"| {name} | {model_name} at step {final['step']} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} |"
-    )
-  return "\n".join(lines) + "\n"
-
-
-def _train_loop(
-  config,
-  workdir,
-  mesh,
-  predictor,
-  state,
-  train_step,
-  train_iter,
-  eval_sets,
-  manager,
-  writer,
-  start_step,
-  is_main,
-) -> TrainState:
-  """Steps from `start_step` to `config.train.steps`: logs, evaluates, checkpoints."""
-  total_steps = config.train.steps
-  pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
-  progress = tqdm.tqdm(
-    total=total_steps,
-    initial=start_step,
-    disable=not is_main,
-    desc="train",
-    unit="step",
-    dynamic_ncols=True,
-  )
-  for step in range(start_step + 1, total_steps + 1):
-    batch = sharding.global_batch(next(train_iter), mesh)
-    state, step_metrics = train_step(state, batch)
-    pending.append(step_metrics)
-    progress.update(1)
-
-    is_last = step == total_steps
-    should_log = step % config.train.log_every_steps == 0 or is_last
-    should_eval = bool(eval_sets) and (step % config.train.eval_every_steps == 0 or is_last)
-    should_save = step % config.train.checkpoint_every_steps == 0 or is_last or should_eval
-    if should_log or should_save:
-      history = jax.device_get(pending)
-      _check_finite(history, step - len(history))
-      pending = []
-      if should_log:
-        now = time.perf_counter()
-        steps_per_sec = (step - last_log_step) / (now - last_log_time)
-        last_log_time, last_log_step = now, step
-        row = {k: float(v) for k, v in history[-1].items()}
-        row.update(
-          steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * config.train.batch_size
-        )
-        writer.write(step, row)
-        progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['learning_rate']:.2e}")
-    eval_metrics = None
-    if should_eval:
-      eval_metrics = {
-        checkpointing.BEST_METRIC: _evaluate_and_report(
-          predictor(state), eval_sets, config, workdir, step, writer, is_main
-        )
-      }
-    if should_save:
-      checkpointing.save(manager, step, state, train_iter, eval_metrics)
-  progress.close()
+    print(reporter.final_table())
   return state
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: evaluates a checkpoint (config.eval.checkpoint: latest|best|STEP) on eval.dirs."""
-  graphdef, state, step = train_state_lib.restore_checkpoint(
-    config, workdir, config.eval.checkpoint
-  )
-  eval_sets = evaluate.load_eval_sets(
-    config.eval.dirs, config.data.scale, config.eval.datasets, config.eval.data_root
-  )
+  """--mode=eval: evaluates checkpoint `config.eval.checkpoint` (latest|best|STEP) of `workdir`
+  on the config's eval sets; the network is restored for inference only (no optimizer)."""
+  which = config.eval.checkpoint
+  model, step, _ = inference.restore_model(workdir, int(which) if which.isdigit() else which)
+  graphdef, weights = nnx.split(model)
+  forward = jax.jit(functools.partial(inference.forward, graphdef))
+  eval_sets = _load_eval_sets(config)
   start = time.perf_counter()
-  dataset_results = evaluate.evaluate(
-    make_predictor(graphdef)(state), eval_sets, config.data.scale, bucket=config.eval.bucket
+  results = evaluate.evaluate(
+    lambda lr: np.asarray(forward(weights, jnp.asarray(lr)[None]))[0],
+    eval_sets,
+    config.data.scale,
+    bucket=config.eval.bucket,
   )
   seconds = time.perf_counter() - start
-  document = evaluate.results_document(step, config.data.scale, dataset_results)
   if jax.process_index() == 0:
-    table = evaluate.write_results(workdir, document, config.model.name)
+    table = evaluate.Reporter(workdir, config.data.scale, config.model.name).report(step, results)
     num_images = sum(len(s.images) for s in eval_sets)
     print(
-      f"checkpoint step {step} ({config.eval.checkpoint}); {num_images} images in {seconds:.1f} s "
+      f"checkpoint step {step} ({which}); {num_images} images in {seconds:.1f} s "
       f"({num_images / seconds:.2f} images/s, compile included)\n{table}"
     )
-  return document
+  return evaluate.results_document(step, config.data.scale, results)

@@ -1,10 +1,7 @@
-"""The train state: a plain dict pytree (step, params, model_state, opt_state, rng[, ema_params]).
+"""The train state: a plain dict pytree (step, params, model_state, opt_state[, ema_params,
+loss_state]), built from a config, concrete for a fresh run or abstract (shapes and shardings
+only) to restore a checkpoint into."""
 
-Built from a config, so that training, evaluation and inference restore checkpoints the same way.
-"""
-
-import json
-import os
 from typing import Any
 
 from flax import nnx
@@ -13,77 +10,72 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sr_jax import checkpointing, losses, models, optim, sharding
+from sr_jax import models, sharding
 
 TrainState = dict[str, Any]
 
 
-def create_train_state(
-  config: ml_collections.ConfigDict, tx: optax.GradientTransformation, loss_state: Any = None
-) -> tuple[nnx.GraphDef, TrainState]:
-  """Builds the model (with any pretrained weights) and its train state.
-
-  `loss_state`: the frozen weights a loss needs (feature backbone), carried but never trained.
-  """
+def _model(config: ml_collections.ConfigDict, load_weights: bool) -> nnx.Module:
   model = models.create_model(config.model, config.data.scale, nnx.Rngs(config.seed))
+  if load_weights:
+    models.load_pretrained(model, config.model)
+  return model
+
+
+def _state_of(model: nnx.Module, config, tx, loss_state, init) -> tuple[nnx.GraphDef, TrainState]:
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   if not jax.tree.leaves(params):
     raise ValueError(
       f"model.name={config.model.name!r} has no trainable parameters; use --mode=eval"
     )
-  state = {
-    "step": jnp.zeros((), jnp.int32),
-    "params": params,
-    "model_state": model_state,
-    "opt_state": tx.init(params),
-    "rng": jax.random.PRNGKey(config.seed),
-  }
+  state = {"step": init(jnp.zeros((), jnp.int32)), "params": params, "model_state": model_state}
+  state["opt_state"] = jax.eval_shape(tx.init, params) if init is _abstract else tx.init(params)
   if config.train.ema_decay:
-    state["ema_params"] = jax.tree.map(jnp.copy, params)
+    state["ema_params"] = jax.tree.map(init, params)
   if loss_state is not None:
     state["loss_state"] = loss_state
   return graphdef, state
 
 
-def abstract(state: TrainState) -> TrainState:
-  """Shapes, dtypes and shardings of a state: the template orbax restores into."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+def _abstract(x):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in its workdir (config.json)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  tx: optax.GradientTransformation,
+  loss_state: Any = None,
+  *,
+  load_weights: bool = True,
+) -> tuple[nnx.GraphDef, TrainState]:
+  """A fresh train state: the model randomly initialised, then (`load_weights`) the pretrained
+  weights of the config applied; EMA weights start equal to the params.
 
-
-def restore_checkpoint(
-  config: ml_collections.ConfigDict, workdir: str, which: str | int = "latest"
-) -> tuple[nnx.GraphDef, TrainState, int]:
-  """Restores the train state of checkpoint `which` (latest|best|STEP) in `workdir`.
-
-  Laid out as training lays it out (`sharding.state_shardings`: params replicated, opt_state and
-  ema_params split over the mesh), whatever layout or device count the checkpoint was saved with.
+  `loss_state`: the frozen weights a loss needs (feature backbone), carried but never trained.
   """
-  mesh = sharding.create_mesh()
-  _, loss_state = losses.create_loss(config.get("loss"))
-  graphdef, state = create_train_state(config, optim.from_config(config)[1], loss_state)
-  state = sharding.place_state(state, mesh)
-  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
-  try:
-    step = checkpointing.resolve_step(manager, which)
-    state = checkpointing.restore(manager, step, abstract(state))
-  finally:
-    manager.close()
-  return graphdef, state, step
+  return _state_of(_model(config, load_weights), config, tx, loss_state, jnp.copy)
 
 
-def inference_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
-  """The trained network, with the EMA weights when the run kept them."""
-  # Replicated, as the params: the EMA weights are split over the mesh in the train state.
-  weights = sharding.gather_replicated(state.get("ema_params", state["params"]))
-  model = nnx.merge(graphdef, weights, state["model_state"])
-  model.eval()  # BatchNorm on running statistics
-  return model
+def abstract_train_state(
+  config: ml_collections.ConfigDict,
+  tx: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+  loss_state: Any = None,
+) -> tuple[nnx.GraphDef, TrainState]:
+  """Shapes, dtypes and shardings (`sharding.state_shardings`) of the train state: the template a
+  checkpoint is restored into. Nothing is initialised and no file is read."""
+  model = nnx.eval_shape(lambda: _model(config, load_weights=False))
+  graphdef, state = _state_of(model, config, tx, loss_state, _abstract)
+  state = jax.tree.map(_abstract, state)
+  return graphdef, with_shardings(state, sharding.state_shardings(state, mesh))
+
+
+def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
+  )
+
+
+def abstract(state: TrainState) -> TrainState:
+  """Shapes, dtypes and shardings of a concrete state."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

@@ -46,7 +46,7 @@ def hr_folder(tmp_path):
 
 
 def test_cli_bicubic_and_a_model(hr_folder, tmp_path, monkeypatch, capsys):
-  tiny = EDSR(2, num_features=8, num_blocks=1, rngs=nnx.Rngs(0))
+  tiny = EDSR(2, num_feat=8, num_block=1, rngs=nnx.Rngs(0))
   loaded = []
 
   def fake_load_model(workdir=None, weights=None, **kwargs):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sr_jax import models
-from sr_jax.models.edsr import EDSR, bicubic_upsample
-from sr_jax.models.layers import pixel_shuffle, pixel_unshuffle
+from sr_jax.models.edsr import EDSR
+from sr_jax.models.layers import pixel_shuffle, pixel_unshuffle, resize_bicubic
 
 
 def test_pixel_shuffle_matches_torch_channel_order():
@@ -37,7 +37,7 @@ def test_pixel_shuffle_against_torch():
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_edsr_shapes_for_every_scale(scale):
-  model = EDSR(scale, num_features=8, num_blocks=1, rngs=nnx.Rngs(0))
+  model = EDSR(scale, num_feat=8, num_block=1, rngs=nnx.Rngs(0))
   assert model(jnp.zeros((2, 7, 9, 3))).shape == (2, 7 * scale, 9 * scale, 3)
 
 
@@ -48,8 +48,8 @@ def test_edsr_baseline_parameter_count():
 
 def test_bicubic_residual_edsr_starts_at_bicubic():
   lr = jax.random.uniform(jax.random.PRNGKey(0), (1, 8, 8, 3))
-  model = EDSR(2, num_features=8, num_blocks=1, bicubic_residual=True, rngs=nnx.Rngs(0))
-  np.testing.assert_allclose(model(lr), bicubic_upsample(lr, 2), atol=1e-6)
+  model = EDSR(2, num_feat=8, num_block=1, bicubic_residual=True, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(model(lr), resize_bicubic(lr, 2), atol=1e-6)
 
 
 def test_create_model_rejects_unknown_name():

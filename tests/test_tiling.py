@@ -17,7 +17,7 @@ EDSR1_RADIUS = 6
 
 
 def tiny_edsr(scale):
-  return EDSR(scale, num_features=8, num_blocks=1, rngs=nnx.Rngs(0))
+  return EDSR(scale, num_feat=8, num_block=1, rngs=nnx.Rngs(0))
 
 
 def counting_tile_fn(model):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from sr_jax import checkpointing, optim, sharding, train, train_logging, train_state
+from sr_jax import checkpointing, losses, optim, sharding, train, train_logging, train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
   "data.scale": 2,
   "data.patch_size": 8,
-  "model.num_features": 8,
-  "model.num_blocks": 1,
+  "model.num_feat": 8,
+  "model.num_block": 1,
   "optim.warmup_steps": 2,
   "train.batch_size": 8,
   "train.steps": 6,
@@ -30,6 +30,9 @@ TINY = {
   "train.checkpoint_every_steps": 2,
   "eval.dirs": (),
 }
+
+
+L1 = losses.Loss(l1_weight=1.0)
 
 
 def tiny_config(**overrides):
@@ -79,7 +82,7 @@ def test_train_step_on_8_devices_equals_1_device():
     graphdef, state = train_state.create_train_state(config, tx)
     state = sharding.replicate(state, mesh)
     step = jax.jit(
-      train.make_train_step(graphdef, tx, schedule, config.train.ema_decay),
+      train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, L1),
       out_shardings=(sharding.replicated(mesh),) * 2,
     )
     global_batch = sharding.global_batch(batch, mesh)
@@ -132,7 +135,7 @@ def test_launch_train_then_eval_mode(tmp_path):
 def _final_params(workdir):
   config = tiny_config()
   _, tx = optim.from_config(config)
-  _, state = train_state.create_train_state(config, tx)
+  _, state = train_state.create_train_state(config, tx, load_weights=False)
   manager = checkpointing.create_manager(str(workdir), keep=3)
   restored = checkpointing.restore(manager, manager.latest_step(), state)
   manager.close()

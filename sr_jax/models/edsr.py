@@ -1,4 +1,5 @@
-"""EDSR (Lim et al. 2017) as BasicSR defines it: conv, residual blocks without BN, pixel-shuffle upsampler.
+"""EDSR (Lim et al. 2017) as BasicSR defines it: conv, residual blocks without BN, pixel-shuffle
+upsampler.
 
 Layer names follow BasicSR's `EDSR` (conv_first, body, conv_after_body, upsample, conv_last) so its
 PyTorch weights can be mapped key by key.
@@ -9,15 +10,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sr_jax.conv import Conv
-from sr_jax.models.layers import pixel_shuffle
+from sr_jax.models.layers import conv3x3, pixel_shuffle, resize_bicubic
 
 # DIV2K RGB mean, as in BasicSR's EDSR (img_range 255).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
-  return Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
 
 
 class ResidualBlockNoBN(nnx.Module):
@@ -62,8 +58,8 @@ class EDSR(nnx.Module):
   def __init__(
     self,
     scale: int,
-    num_features: int = 64,
-    num_blocks: int = 16,
+    num_feat: int = 64,
+    num_block: int = 16,
     res_scale: float = 1.0,
     img_range: float = 255.0,
     bicubic_residual: bool = False,
@@ -73,17 +69,15 @@ class EDSR(nnx.Module):
     self.scale = scale
     self.img_range = img_range
     self.bicubic_residual = bicubic_residual
-    self.conv_first = conv3x3(3, num_features, rngs)
-    self.body = nnx.List(
-      [ResidualBlockNoBN(num_features, res_scale, rngs) for _ in range(num_blocks)]
-    )
-    self.conv_after_body = conv3x3(num_features, num_features, rngs)
-    self.upsample = Upsample(scale, num_features, rngs)
+    self.conv_first = conv3x3(3, num_feat, rngs)
+    self.body = nnx.List([ResidualBlockNoBN(num_feat, res_scale, rngs) for _ in range(num_block)])
+    self.conv_after_body = conv3x3(num_feat, num_feat, rngs)
+    self.upsample = Upsample(scale, num_feat, rngs)
     # Zero-initialised with a bicubic residual, so training starts from bicubic's output.
     kernel_init = (
       nnx.initializers.zeros_init() if bicubic_residual else nnx.initializers.lecun_normal()
     )
-    self.conv_last = conv3x3(num_features, 3, rngs, kernel_init=kernel_init)
+    self.conv_last = conv3x3(num_feat, 3, rngs, kernel_init=kernel_init)
 
   def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
     mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
@@ -95,14 +89,8 @@ class EDSR(nnx.Module):
     x = self.conv_after_body(res) + x
     x = self.conv_last(self.upsample(x))
     if self.bicubic_residual:
-      return x / self.img_range + bicubic_upsample(lr, self.scale)
+      return x / self.img_range + resize_bicubic(lr, self.scale)
     return x / self.img_range + mean
-
-
-def bicubic_upsample(lr: jnp.ndarray, scale: int) -> jnp.ndarray:
-  """Bicubic (Keys a=-0.5) upsampling of an NHWC batch, the same kernel MATLAB uses."""
-  n, h, w, c = lr.shape
-  return jax.image.resize(lr, (n, h * scale, w * scale, c), method="bicubic", antialias=False)
 
 
 class Bicubic(nnx.Module):
@@ -112,16 +100,16 @@ class Bicubic(nnx.Module):
     self.scale = scale
 
   def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
-    return bicubic_upsample(lr, self.scale)
+    return resize_bicubic(lr, self.scale)
 
 
 def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> EDSR:
   return EDSR(
     scale,
-    num_features=model_config.get("num_features", 64),
-    num_blocks=model_config.get("num_blocks", 16),
-    res_scale=model_config.get("res_scale", 1.0),
-    bicubic_residual=model_config.get("bicubic_residual", False),
+    num_feat=model_config.num_feat,
+    num_block=model_config.num_block,
+    res_scale=model_config.res_scale,
+    bicubic_residual=model_config.bicubic_residual,
     rngs=rngs,
   )
 

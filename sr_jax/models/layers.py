@@ -1,6 +1,25 @@
-"""Layers shared by the SR networks: pixel (un)shuffle (convolutions: sr_jax.conv)."""
+"""Layers shared by the SR networks: 3x3 conv, pixel (un)shuffle, bicubic upscaling in JAX."""
 
+from flax import nnx
+import jax
 import jax.numpy as jnp
+
+from sr_jax.conv import Conv
+
+
+def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs) -> Conv:
+  """A 3x3 "SAME" convolution (`sr_jax.conv.Conv`); `kwargs` go to it (kernel_init, use_bias)."""
+  return Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
+
+
+def resize_bicubic(lr: jnp.ndarray, scale: int) -> jnp.ndarray:
+  """NHWC bicubic upscaling by `scale` in JAX (`jax.image.resize`, no antialiasing).
+
+  The differentiable, jit-able residual path of the networks; the MATLAB-compatible numpy
+  resize used for data and evaluation is `sr_jax.data.imresize`.
+  """
+  n, h, w, c = lr.shape
+  return jax.image.resize(lr, (n, h * scale, w * scale, c), method="bicubic")
 
 
 def pixel_shuffle(x: jnp.ndarray, scale: int) -> jnp.ndarray:

@@ -14,19 +14,17 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from sr_jax.conv import Conv
-from sr_jax.models.edsr import bicubic_upsample
-from sr_jax.models.layers import pixel_shuffle
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sr_jax import utils
+from sr_jax.backbones import create_backbone
+from sr_jax.models.layers import conv3x3, pixel_shuffle, resize_bicubic
 
 
-def icnr_init(scale: int, base_init=nnx.initializers.kaiming_normal()):
+def icnr_init(scale: int, base_init=None):
   """ICNR (Aitken et al. 2017): each output channel's scale**2 sub-kernels start identical, so the
   conv + pixel shuffle starts as nearest-neighbour upsampling, free of checkerboard artefacts."""
+
+  base_init = base_init or nnx.initializers.kaiming_normal()
 
   def init(key, shape, dtype=jnp.float32):
     *spatial, in_features, out_features = shape
@@ -35,10 +33,6 @@ def icnr_init(scale: int, base_init=nnx.initializers.kaiming_normal()):
     return jnp.repeat(base, sub, axis=-1)  # channel c*sub + k <- base channel c (PyTorch order)
 
   return init
-
-
-def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
-  return Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
 
 
 class PixelShuffleUp(nnx.Module):
@@ -114,7 +108,7 @@ class UNetSR(nnx.Module):
     n, h, w, _ = lr.shape
     pad_h, pad_w = -h % self.stride, -w % self.stride
     padded = jnp.pad(lr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-    x = (padded - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    x = utils.imagenet_normalize(padded)
     features = self.encoder.features(x)
     if self.skip_norms is not None:
       features = [norm(f) for norm, f in zip(self.skip_norms, features)]
@@ -125,45 +119,42 @@ class UNetSR(nnx.Module):
       y = block(y, skip)
     y = self.conv_last(self.upsample(y))
     y = y[:, : h * self.scale, : w * self.scale]
-    return y + bicubic_upsample(lr, self.scale)
+    return y + resize_bicubic(lr, self.scale)
+
+
+def encoder_weights(model_config: ml_collections.ConfigDict) -> str | None:
+  """`model.encoder.weights` as a path / registry name, or None for a random (scratch) encoder."""
+  weights = model_config.encoder.weights or None
+  if isinstance(weights, str) and weights.lower() in ("none", "scratch"):  # from the command line
+    return None
+  return weights
 
 
 def from_config(model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs) -> UNetSR:
-  """model.encoder.{name, weights, freeze_bn}; weights "" or None = random init (scratch).
+  """The U-Net of `model.encoder.{name, weights, freeze_bn}`, randomly initialised (no file read).
 
+  Pretrained encoder weights are applied by `sr_jax.models.load_pretrained` at the start of a run.
   freeze_bn None (default): BatchNorm keeps the loaded ImageNet statistics frozen with pretrained
   weights, and trains on batch statistics from scratch (a random encoder with frozen identity
   statistics has vanishing activations: kaiming fan-out init assumes normalisation).
   """
-  from sr_jax.backbones import create_backbone
-
-  encoder_config = model_config.encoder
-  weights = encoder_config.get("weights") or None
-  if isinstance(weights, str) and weights.lower() in ("none", "scratch"):  # --config...weights=None
-    weights = None
+  freeze_bn = model_config.encoder.freeze_bn
+  if freeze_bn is None:
+    freeze_bn = encoder_weights(model_config) is not None
   # The encoder draws from its own stream, so the decoder's init is the same with or without
   # pretrained weights (the scratch twin differs only in the encoder).
-  freeze_bn = encoder_config.get("freeze_bn", None)
-  if (
-    freeze_bn is None
-  ):  # Frozen ImageNet statistics when there are any; batch statistics from scratch.
-    freeze_bn = weights is not None
   encoder = create_backbone(
-    encoder_config.name,
-    weights=weights,
+    model_config.encoder.name,
+    weights=None,
     head=False,
     rngs=nnx.Rngs(rngs.params()),
-    frozen_bn=freeze_bn,
+    freeze_bn=freeze_bn,
   )
   return UNetSR(
     scale,
     encoder,
-    decoder_features=tuple(model_config.get("decoder_features", (256, 128, 64, 64, 32))),
-    shallow_features=model_config.get("shallow_features", 32),
-    skip_norm=model_config.get("skip_norm", True),
+    decoder_features=tuple(model_config.decoder_features),
+    shallow_features=model_config.shallow_features,
+    skip_norm=model_config.skip_norm,
     rngs=rngs,
   )
-
-
-def encoder_param_count(model: UNetSR) -> int:
-  return int(sum(np.size(p) for p in jax.tree.leaves(nnx.state(model.encoder, nnx.Param))))
