@@ -1,6 +1,7 @@
-"""One of the JAX processes of tests/test_data_multihost.py (run as a script, not collected by pytest).
+"""One JAX process of tests/test_data_multihost.py (run as a script, not collected by pytest).
 
-  python tests/data_multihost_worker.py PORT PROCESS_ID NUM_PROCESSES IMAGE_DIR TFDS_DIR OUT.npz
+  .venv/bin/python tests/data_multihost_worker.py PORT PROCESS_ID NUM_PROCESSES \\
+      IMAGE_DIR TFDS_DIR OUT.npz
 
 Joins a localhost `jax.distributed` cluster, reads this process's shard of IMAGE_DIR (folder
 source) and of the TFDS dataset "solid" in TFDS_DIR, assembles each first batch into a global
@@ -8,10 +9,7 @@ array with sharding.global_batch, gathers it back to every process, and saves lo
 arrays to OUT.npz.
 """
 
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(
@@ -30,10 +28,8 @@ def main(
   from jax.experimental import multihost_utils
   import numpy as np
 
-  from sr_jax import (
-    data,
-    sharding,
-  )
+  from configs import default
+  from sr_jax import data, sharding
 
   mesh = sharding.create_mesh()
   global_batch_size = 2 * jax.device_count()
@@ -42,7 +38,8 @@ def main(
     "local_device_count": np.array(jax.local_device_count()),
   }
   for source in ("folder", "tfds"):
-    config = data.default_config()
+    config = default.get_config().data
+    config.lock()
     config.update(
       {
         "train_dirs": (image_dir,),

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import default
 from sr_jax import data
-from sr_jax.data import embedded, pipeline
 
 SCALES = (2, 3, 4)
 
@@ -112,7 +112,8 @@ def solid_dir(tmp_path_factory):
 
 
 def _config(train_dir, scale=4, patch_size=8, **overrides):
-  config = data.default_config()
+  config = default.get_config().data
+  config.lock()  # a misspelt key is an error
   config.train_dirs = (train_dir,)
   config.scale = scale
   config.patch_size = patch_size
@@ -174,7 +175,7 @@ def test_imresize_shapes():
   assert up.shape == (2, 48, 48, 3)
   np.testing.assert_allclose(up[1], data.imresize(1 - img[:12, :12], 4), atol=1e-6)
   np.testing.assert_allclose(data.imresize(np.full((8, 8, 3), 0.3), 1 / 4), 0.3, atol=1e-6)
-  baseline = data.bicubic_upsample(img[:10, :10], 3)
+  baseline = data.bicubic_baseline(img[:10, :10], 3)
   assert baseline.shape == (30, 30, 3) and baseline.min() >= 0 and baseline.max() <= 1
 
 
@@ -322,7 +323,7 @@ def test_bad_files_skipped_with_one_warning_each(photo_dir, tmp_path, caplog):
   (folder / "truncated.png").write_bytes(open(os.path.join(photo_dir, good[0]), "rb").read()[:400])
   (folder / "text.jpg").write_text("hello")
   Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(folder / "tiny.png")
-  with caplog.at_level(logging.INFO, logger="sr_jax.data"):
+  with caplog.at_level(logging.INFO, logger="absl"):
     batch = next(data.create_train_iterator(_config(str(folder)), seed=0, local_batch_size=4))
   assert batch["hr"].shape == (4, 32, 32, 3)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -385,10 +386,3 @@ def test_embedded_photo_dirs(embedded_dirs):
   ]
   with pytest.raises(ValueError, match="embedded:test"):
     data.resolve_dirs("embedded:test", cache)
-
-
-def test_default_config_covers_pipeline_keys():
-  config = data.default_config()
-  assert config.train_dirs == ("embedded:train",) and config.scale == 4 and config.patch_size == 48
-  assert set(pipeline._DEFAULTS) == set(config)  # every optional key read has a default
-  assert embedded.EMBEDDED_PREFIX + "train" in config.train_dirs

@@ -1,4 +1,4 @@
-"""Bad input: odd image modes converted, broken files skipped with one warning each, pairs checked."""
+"""Bad input: odd image modes converted, broken files skipped with a warning each, pairs checked."""
 
 import logging
 import os
@@ -7,10 +7,17 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import default
 from sr_jax import data
-from sr_jax.data import pipeline, prepare
+from sr_jax.data import sources
 
 SIDE = 40  # every usable test image is at least this big; the HR crop is 32 (patch 8 x scale 4)
+
+
+def _data_config():
+  config = default.get_config().data
+  config.lock()  # a misspelt key is an error
+  return config
 
 
 def _rgb(seed, h=SIDE, w=SIDE + 8):
@@ -68,8 +75,8 @@ def test_every_mode_converted_or_skipped(mixed_dir, caplog):
   folder, expected = mixed_dir
   paths = data.list_images(folder)
   assert sorted(os.path.basename(p) for p in paths) == sorted(expected)
-  with caplog.at_level(logging.WARNING, logger="sr_jax.data"):
-    usable, images, counts = pipeline.load_training_images(paths, 32, 2**30)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    usable, images, counts = sources.load_training_images(paths, 32, 2**30)
   assert counts == {"usable": 9, "unreadable": 3, "too_small": 1, "mismatched": 0}
   for path, image in zip(usable, images):
     name = os.path.basename(path)
@@ -88,9 +95,9 @@ def test_every_mode_converted_or_skipped(mixed_dir, caplog):
 
 def test_training_run_survives_bad_files(mixed_dir, caplog):
   folder, _ = mixed_dir
-  config = data.default_config()
+  config = _data_config()
   config.update({"train_dirs": (folder,), "scale": 4, "patch_size": 8})
-  with caplog.at_level(logging.INFO, logger="sr_jax.data"):
+  with caplog.at_level(logging.INFO, logger="absl"):
     iterator = data.create_train_iterator(config, seed=0, local_batch_size=8)
     batches = [next(iterator) for _ in range(3)]
   assert all(b["hr"].shape == (8, 32, 32, 3) and np.isfinite(b["lr"]).all() for b in batches)
@@ -106,7 +113,7 @@ def test_file_broken_after_start_skips_nothing_silently(tmp_path):
   # Over the cache budget, files are re-read per example: a file broken later raises with its name.
   for i in range(2):
     Image.fromarray(_rgb(i)).save(tmp_path / f"{i}.png")
-  config = data.default_config()
+  config = _data_config()
   config.update({"train_dirs": (str(tmp_path),), "scale": 4, "patch_size": 8, "cache_max_mb": 0})
   iterator = data.create_train_iterator(config, seed=0, local_batch_size=2)
   next(iterator)
@@ -117,7 +124,7 @@ def test_file_broken_after_start_skips_nothing_silently(tmp_path):
       next(iterator)
 
 
-# --- paired LR / HR folders ------------------------------------------------------------------------
+# --- paired LR / HR folders ---------------------------------------------------------------------
 
 
 def _paired(tmp_path, names_hr, names_lr, scale=2, lr_size=(20, 24)):
@@ -137,7 +144,7 @@ def test_pairs_match_div2k_and_plain_names(tmp_path):
   )
   pairs = data.pair_folders(hr_dir, lr_dir, 2)
   assert [os.path.basename(p.lr) for p in pairs] == ["0001x2.png", "0002x2.png", "b.png"]
-  config = data.default_config()
+  config = _data_config()
   config.update(
     {
       "train_dirs": (hr_dir,),
@@ -171,7 +178,7 @@ def test_mismatched_pairs_are_one_clear_error(tmp_path):
     "0005.png is 48x41",
   ):
     assert expected in message, (expected, message)
-  config = data.default_config()
+  config = _data_config()
   config.update(
     {
       "train_dirs": (hr_dir,),
@@ -186,7 +193,7 @@ def test_mismatched_pairs_are_one_clear_error(tmp_path):
   ):
     data.create_train_iterator(config, 0, 2)
   with pytest.raises(data.PairingError, match="0003.png"):
-    prepare.prepare("pairs", str(tmp_path / "tfds"), hr_dir, lr_dir, scale=2)
+    data.write_tfds_dataset("pairs", str(tmp_path / "tfds"), hr_dir, lr_dir, scale=2)
   assert not os.path.exists(tmp_path / "tfds")  # checked before anything is written
   config.train_lr_dirs = ()
   with pytest.raises(ValueError, match="needs data.train_lr_dirs"):

@@ -1,4 +1,4 @@
-"""Named benchmark sets (eval.datasets) resolved under a data root, with expected counts."""
+"""Named evaluation sets (eval.datasets) resolved under a data root, with expected counts."""
 
 import os
 
@@ -7,7 +7,7 @@ from PIL import Image
 import pytest
 
 from sr_jax import data
-from sr_jax.data import benchmarks
+from sr_jax.data import eval_sets
 
 
 def _images(folder, n, size=(12, 12)):
@@ -25,33 +25,33 @@ def test_layouts_resolve_case_insensitively(tmp_path):
   _images(os.path.join(root, "set14", "GTmod12"), 14)  # BasicSR layout, lower-case folder
   _images(os.path.join(root, "BSDS100"), 100, (4, 4))  # flat folder under another name
   _images(os.path.join(root, "DIV2K", "DIV2K_valid_HR"), 100, (4, 4))
-  assert benchmarks.resolve_benchmark("set5", root) == (
+  assert data.resolve_eval_set("set5", root) == (
     "Set5",
     os.path.join(root, "benchmark", "Set5", "HR"),
   )
-  assert benchmarks.resolve_benchmark("Set14", root) == (
+  assert data.resolve_eval_set("Set14", root) == (
     "Set14",
     os.path.join(root, "set14", "GTmod12"),
   )
-  assert benchmarks.resolve_benchmark("b100", root) == ("B100", os.path.join(root, "BSDS100"))
-  assert benchmarks.resolve_benchmark("div2k_val", root).name == "DIV2K_val"
+  assert data.resolve_eval_set("b100", root) == ("B100", os.path.join(root, "BSDS100"))
+  assert data.resolve_eval_set("div2k_val", root).name == "DIV2K_val"
 
 
 def test_missing_set_says_where_to_put_it(tmp_path, monkeypatch):
   root = str(tmp_path)
   with pytest.raises(FileNotFoundError) as error:
-    benchmarks.resolve_benchmark("urban100", root)
+    data.resolve_eval_set("urban100", root)
   message = str(error.value)
   assert "Urban100, 100 HR images" in message and os.path.join(root, "Urban100", "HR") in message
   assert "eval.data_root" in message
   # A folder with another count (a partial copy, or HR and LR mixed) is not taken for the set.
   _images(os.path.join(root, "Set5"), 3)
   with pytest.raises(FileNotFoundError, match=r"found only .*Set5 \(3 images\)"):
-    benchmarks.resolve_benchmark("set5", root)
-  with pytest.raises(KeyError, match="unknown benchmark set 'set6'"):
-    benchmarks.resolve_benchmark("set6", root)
-  monkeypatch.setenv(benchmarks.DATA_ROOT_ENV, root)
-  assert benchmarks.data_root("") == root
+    data.resolve_eval_set("set5", root)
+  with pytest.raises(KeyError, match="unknown evaluation set 'set6'"):
+    data.resolve_eval_set("set6", root)
+  monkeypatch.setenv(eval_sets.DATA_ROOT_ENV, root)
+  assert data.data_root("") == root
 
 
 def test_eval_folders_combines_dirs_and_datasets(tmp_path):

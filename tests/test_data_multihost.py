@@ -1,4 +1,4 @@
-"""Multi-host input: 2 JAX processes on localhost (jax.distributed, CPU), each reading its own shard."""
+"""Multi-host input: 2 JAX processes on localhost (jax.distributed, CPU), each reading its shard."""
 
 import os
 import socket
@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax.data import prepare
+from sr_jax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "data_multihost_worker.py")
@@ -37,7 +37,7 @@ def worker_outputs(tmp_path_factory):
     Image.fromarray(np.full((12, 14, 3), (10 * i, 60, 120), np.uint8)).save(
       image_dir / f"img{i}.png"
     )
-  prepare.prepare("solid", str(tmp / "tfds"), str(image_dir))
+  data.write_tfds_dataset("solid", str(tmp / "tfds"), str(image_dir))
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",

@@ -1,4 +1,5 @@
-"""TFDS without TensorFlow: `sr_jax.data.prepare` -> tfds.data_source -> Grain, and catalog-style div2k."""
+"""TFDS without TensorFlow: tfds_writer / `sr_jax.data.prepare` -> tfds.data_source -> Grain, and
+catalog-style div2k."""
 
 import io
 import logging
@@ -9,8 +10,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import default
 from sr_jax import data
-from sr_jax.data import prepare, tfds_source
+from sr_jax.data import prepare, tfds_source, tfds_writer
 
 
 def _take(iterator, n):
@@ -46,13 +48,14 @@ def photo_dir(tmp_path_factory):
 def tfds_dir(tmp_path_factory, photo_dir):
   """photo_dir prepared as TFDS dataset "photos" (whole images)."""
   folder = str(tmp_path_factory.mktemp("tfds"))
-  counts = prepare.prepare("photos", folder, photo_dir)
+  counts = data.write_tfds_dataset("photos", folder, photo_dir)
   assert counts["train"] == {"files": 7, "skipped": 0, "examples": 7}
   return folder
 
 
 def _config(**overrides):
-  config = data.default_config()
+  config = default.get_config().data
+  config.lock()
   config.update({"scale": 2, "patch_size": 10, **overrides})
   return config
 
@@ -67,7 +70,7 @@ def test_prepare_round_trip_equals_folder_source(photo_dir, tfds_dir):
   folder = _take(data.create_train_iterator(_config(train_dirs=(photo_dir,)), 5, 4), 4)
   tfds_config = _config(source="tfds", tfds_name="photos", tfds_data_dir=tfds_dir)
   _assert_same_batches(folder, _take(data.create_train_iterator(tfds_config, 5, 4), 4))
-  prepare.prepare("photos_raw", tfds_dir, photo_dir, encoding="raw")  # uint8 pixels, no PNG
+  data.write_tfds_dataset("photos_raw", tfds_dir, photo_dir, encoding="raw")  # uint8 pixels, no PNG
   raw_config = _config(source="tfds", tfds_name="photos_raw", tfds_data_dir=tfds_dir)
   _assert_same_batches(folder, _take(data.create_train_iterator(raw_config, 5, 4), 4))
   for process_index in (0, 1):  # shards are the same [i::n] of the same order
@@ -93,12 +96,12 @@ def test_tfds_iterator_state_round_trip(tfds_dir):
 
 def test_subimage_windows_follow_basicsr():
   # BasicSR extract_subimages: starts every `step`, plus one flush with the edge if > thresh left.
-  assert prepare.window_starts(1000, 480, 240, 0) == [0, 240, 480, 520]
-  assert prepare.window_starts(960, 480, 240, 0) == [0, 240, 480]
-  assert prepare.window_starts(1000, 480, 240, 40) == [0, 240, 480]
-  assert prepare.window_starts(300, 480, 240, 0) == [0]
+  assert tfds_writer.window_starts(1000, 480, 240, 0) == [0, 240, 480, 520]
+  assert tfds_writer.window_starts(960, 480, 240, 0) == [0, 240, 480]
+  assert tfds_writer.window_starts(1000, 480, 240, 40) == [0, 240, 480]
+  assert tfds_writer.window_starts(300, 480, 240, 0) == [0]
   image = np.arange(50 * 70 * 3, dtype=np.uint8).reshape(50, 70, 3)
-  crops = prepare.extract_subimages(image, prepare.SubImageOptions(crop_size=32, step=16))
+  crops = tfds_writer.extract_subimages(image, data.SubImageOptions(crop_size=32, step=16))
   assert len(crops) == 3 * 4 and all(c.shape == (32, 32, 3) for c in crops)
   np.testing.assert_array_equal(crops[-1], image[18:, 38:])
 
@@ -112,13 +115,13 @@ def test_prepare_paired_subimages(tmp_path, photo_dir):
     lr = np.rint(data.make_lr(hr / np.float32(255), 4) * 255).astype(np.uint8)
     Image.fromarray(hr).save(hr_dir / f"{i:04d}.png")
     Image.fromarray(lr).save(lr_dir / f"{i:04d}x4.png")  # DIV2K naming
-  counts = prepare.prepare(
+  counts = data.write_tfds_dataset(
     "paired",
     str(tmp_path / "tfds"),
     str(hr_dir),
     str(lr_dir),
     scale=4,
-    options=prepare.SubImageOptions(crop_size=48, step=24),
+    options=data.SubImageOptions(crop_size=48, step=24),
   )
   source = tfds_source.TfdsImages("paired", "train", str(tmp_path / "tfds"), paired=True, scale=4)
   assert counts["train"]["examples"] == len(source) > 3
@@ -245,7 +248,7 @@ def test_catalog_div2k_layout_and_bad_records(tmp_path, caplog):
     tfds_data_dir=data_dir,
     degradation="paired",
   )
-  with caplog.at_level(logging.WARNING, logger="sr_jax.data"):
+  with caplog.at_level(logging.WARNING, logger="absl"):
     batches = _take(data.create_train_iterator(config, 0, 4), 30)
   assert all(b["hr"].shape == (4, 32, 32, 3) and b["lr"].shape == (4, 8, 8, 3) for b in batches)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -2,8 +2,9 @@
 
 A port of the "high-order degradation model" of Real-ESRGAN (Wang et al., 2021): BasicSR's
 `basicsr/data/degradations.py` (kernels, noise) and `realesrgan/models/realesrgan_model.py`
-(`feed_data`: the order of the operations, the probabilities), with the option names and defaults
-of `options/train_realesrgan_x4plus.yml`. One example's LR is a pure function of its HR patch and a
+(`feed_data`: the order of the operations, the probabilities). The options are
+`config.data.realesrgan` (configs/default.py), with the names and defaults of
+`options/train_realesrgan_x4plus.yml`. One example's LR is a pure function of its HR patch and a
 `numpy.random.Generator`, so the pipeline stays deterministic given the seed.
 
 Per example (HR float [0, 1] -> LR of size HR / scale, rounded to 8-bit levels):
@@ -41,45 +42,6 @@ KERNEL_TYPES = (
   "plateau_aniso",
 )
 RESIZE_MODES = ("area", "bilinear", "bicubic")
-
-
-def default_options() -> dict[str, Any]:
-  """Real-ESRGAN x4plus degradation options (names as in its training YAML)."""
-  kernel_prob = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-  return {
-    # First-order blur, and the second (applied with second_blur_prob).
-    "blur_kernel_size": 21,  # the largest kernel; sizes are drawn from 7, 9, ..., this
-    "kernel_list": KERNEL_TYPES,
-    "kernel_prob": kernel_prob,
-    "sinc_prob": 0.1,
-    "blur_sigma": (0.2, 3.0),
-    "betag_range": (0.5, 4.0),
-    "betap_range": (1.0, 2.0),
-    "kernel_list2": KERNEL_TYPES,
-    "kernel_prob2": kernel_prob,
-    "sinc_prob2": 0.1,
-    "blur_sigma2": (0.2, 1.5),
-    "betag_range2": (0.5, 4.0),
-    "betap_range2": (1.0, 2.0),
-    "final_sinc_prob": 0.8,
-    # First-order resize, noise, JPEG.
-    "resize_prob": (0.2, 0.7, 0.1),  # up, down, keep
-    "resize_range": (0.15, 1.5),
-    "gaussian_noise_prob": 0.5,  # else poisson
-    "noise_range": (1.0, 30.0),  # gaussian sigma, in 8-bit levels
-    "poisson_scale_range": (0.05, 3.0),
-    "gray_noise_prob": 0.4,
-    "jpeg_range": (30.0, 95.0),
-    # Second order.
-    "second_blur_prob": 0.8,
-    "resize_prob2": (0.3, 0.4, 0.3),
-    "resize_range2": (0.3, 1.2),
-    "gaussian_noise_prob2": 0.5,
-    "noise_range2": (1.0, 25.0),
-    "poisson_scale_range2": (0.05, 2.5),
-    "gray_noise_prob2": 0.4,
-    "jpeg_range2": (30.0, 95.0),
-  }
 
 
 # --- Blur kernels ---------------------------------------------------------------------------------
@@ -150,7 +112,7 @@ def sinc_kernel(cutoff: float, kernel_size: int, pad_to: int = 0) -> np.ndarray:
 
 
 def _beta(beta_range: Sequence[float], rng: np.random.Generator) -> float:
-  """Half the time below 1, half above (BasicSR's rule; assumes beta_range[0] < 1 < beta_range[1])."""
+  """Half the time below 1, half above (BasicSR's rule; beta_range[0] < 1 < beta_range[1])."""
   if rng.uniform() < 0.5:
     return rng.uniform(beta_range[0], 1.0)
   return rng.uniform(1.0, beta_range[1])
@@ -217,7 +179,7 @@ def filter2d(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
   return signal.fftconvolve(padded, flipped, mode="valid", axes=(0, 1)).astype(np.float32)
 
 
-# --- Resizing as torch.nn.functional.interpolate ----------------------------------------------------
+# --- Resizing as torch.nn.functional.interpolate -------------------------------------------------
 
 
 def _cubic_torch(x: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -350,7 +312,7 @@ def _random_resize(
 
 
 def realesrgan_degrade(
-  hr: np.ndarray, scale: int, rng: np.random.Generator, options: Mapping[str, Any] | None = None
+  hr: np.ndarray, scale: int, rng: np.random.Generator, options: Mapping[str, Any]
 ) -> np.ndarray:
   """LR image made from an HR image by Real-ESRGAN's second-order degradation.
 
@@ -358,20 +320,18 @@ def realesrgan_degrade(
     hr: float [h, w, 3] in [0, 1]; h and w multiples of `scale`.
     scale: SR factor; the LR is [h / scale, w / scale, 3].
     rng: randomness of this example (all random choices come from it).
-    options: overrides of `default_options()` (missing keys take the default).
+    options: every option of `config.data.realesrgan` (configs/default.py: names and defaults
+      of Real-ESRGAN's train_realesrgan_x4plus.yml).
 
   Returns:
     float32 [h / scale, w / scale, 3] in [0, 1], rounded to 8-bit levels.
   """
-  opts = default_options()
-  if options:
-    opts.update(options)
   height, width = hr.shape[0], hr.shape[1]
   target_h, target_w = height // scale, width // scale
-  kernel1 = random_blur_kernel(opts, rng, 1)
-  kernel2 = random_blur_kernel(opts, rng, 2)
-  max_size = int(opts["blur_kernel_size"])
-  if rng.uniform() < opts["final_sinc_prob"]:
+  kernel1 = random_blur_kernel(options, rng, 1)
+  kernel2 = random_blur_kernel(options, rng, 2)
+  max_size = int(options["blur_kernel_size"])
+  if rng.uniform() < options["final_sinc_prob"]:
     size = int(rng.choice(np.arange(7, max_size + 1, 2)))
     final_kernel = sinc_kernel(rng.uniform(np.pi / 3, np.pi), size, pad_to=max_size)
   else:
@@ -379,14 +339,14 @@ def realesrgan_degrade(
 
   # First order.
   out = filter2d(np.asarray(hr, np.float32), kernel1)
-  out = _random_resize(out, height, width, opts, rng, 1)
-  out = random_noise(out, opts, rng, 1)
-  out = jpeg(out, rng.uniform(*opts["jpeg_range"]))
+  out = _random_resize(out, height, width, options, rng, 1)
+  out = random_noise(out, options, rng, 1)
+  out = jpeg(out, rng.uniform(*options["jpeg_range"]))
   # Second order.
-  if rng.uniform() < opts["second_blur_prob"]:
+  if rng.uniform() < options["second_blur_prob"]:
     out = filter2d(out, kernel2)
-  out = _random_resize(out, target_h, target_w, opts, rng, 2)
-  out = random_noise(out, opts, rng, 2)
+  out = _random_resize(out, target_h, target_w, options, rng, 2)
+  out = random_noise(out, options, rng, 2)
 
   def resize_back_and_sinc(img):
     img = resize(img, target_h, target_w, RESIZE_MODES[rng.integers(len(RESIZE_MODES))])
@@ -394,8 +354,8 @@ def realesrgan_degrade(
 
   if rng.uniform() < 0.5:
     out = resize_back_and_sinc(out)
-    out = jpeg(np.clip(out, 0.0, 1.0), rng.uniform(*opts["jpeg_range2"]))
+    out = jpeg(np.clip(out, 0.0, 1.0), rng.uniform(*options["jpeg_range2"]))
   else:
-    out = jpeg(np.clip(out, 0.0, 1.0), rng.uniform(*opts["jpeg_range2"]))
+    out = jpeg(np.clip(out, 0.0, 1.0), rng.uniform(*options["jpeg_range2"]))
     out = resize_back_and_sinc(out)
   return (np.clip(np.rint(out * 255.0), 0, 255) / 255.0).astype(np.float32)

@@ -13,15 +13,13 @@ Files go to `<cache>/embedded_photos/{train,val}/<name>.png`, where `<cache>` is
 never see a half-written PNG.
 """
 
-import logging
 import os
 import tempfile
 from typing import NamedTuple, Sequence
 
+from absl import logging
 import numpy as np
 from PIL import Image
-
-log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 SPLITS = ("train", "val")
@@ -114,7 +112,7 @@ def embedded_photo_dirs(cache_dir: str | None = None) -> tuple[str, str]:
       try:
         img = _load_photo(photo)
       except Exception as e:  # a scikit-image build without this photo: use the others
-        log.warning(
+        logging.warning(
           "embedded photo %r unavailable (skimage.data.%s: %s); skipped",
           photo.name,
           photo.loader,

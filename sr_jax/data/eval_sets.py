@@ -1,26 +1,34 @@
-"""Standard SR benchmark sets by name (`eval.datasets`), resolved under a data root.
+"""Evaluation sets: named SR test sets and folders (`eval.datasets`, `eval.dirs`), and their images.
 
-Nothing is downloaded: put each set's HR images under the data root (`eval.data_root`, else
-$SR_JAX_DATA, else ~/.cache/sr_jax/datasets) in any of the usual layouts, e.g.
-  <root>/Set5/HR/*.png                     (EDSR-PyTorch "benchmark" release; also <root>/benchmark/Set5/HR)
-  <root>/Set5/GTmod12/*.png                (BasicSR's datasets folder)
-  <root>/Set5/*.png                        (a flat folder of the HR images)
-  <root>/DIV2K/DIV2K_valid_HR/*.png        (the DIV2K validation zip; also <root>/DIV2K_valid_HR)
+Named sets (EVAL_SETS: set5, set14, b100, urban100, manga109, div2k_val) are resolved under a
+data root. Nothing is downloaded: put each set's HR images under the data root
+(`eval.data_root`, else $SR_JAX_DATA, else ~/.cache/sr_jax/datasets) in any of the usual
+layouts, e.g.
+  <root>/Set5/HR/*.png               (EDSR-PyTorch "benchmark" release; also <root>/benchmark/...)
+  <root>/Set5/GTmod12/*.png          (BasicSR's datasets folder)
+  <root>/Set5/*.png                  (a flat folder of the HR images)
+  <root>/DIV2K/DIV2K_valid_HR/*.png  (the DIV2K validation zip; also <root>/DIV2K_valid_HR)
 Folder names match case-insensitively. Only HR images are read; the LR inputs are made from them
 by MATLAB bicubic downscaling, as in the papers' tables. A candidate folder is used only when it
 holds exactly the expected number of images, so an LR subfolder or a partial copy is never
 mistaken for the set.
+
+`load_eval_folder` reads a folder's images as EvalImage(name, lr, hr): HR mod-cropped to the
+scale, LR made from it by MATLAB bicubic.
 """
 
 import os
 from typing import NamedTuple, Sequence
 
-from sr_jax.data import embedded, image_io
+from absl import logging
+import numpy as np
+
+from sr_jax.data import embedded, examples, image_io
 
 DATA_ROOT_ENV = "SR_JAX_DATA"
 
 
-class Benchmark(NamedTuple):
+class EvalSet(NamedTuple):
   name: str  # reported name
   num_images: int
   folders: tuple[str, ...]  # candidate HR folders relative to the data root, in order
@@ -38,13 +46,13 @@ def _layouts(*names: str) -> tuple[str, ...]:
   return tuple(layouts)
 
 
-BENCHMARKS = {
-  "set5": Benchmark("Set5", 5, _layouts("Set5")),
-  "set14": Benchmark("Set14", 14, _layouts("Set14")),
-  "b100": Benchmark("B100", 100, _layouts("B100", "BSDS100", "BSD100")),
-  "urban100": Benchmark("Urban100", 100, _layouts("Urban100")),
-  "manga109": Benchmark("Manga109", 109, _layouts("Manga109")),
-  "div2k_val": Benchmark(
+EVAL_SETS = {
+  "set5": EvalSet("Set5", 5, _layouts("Set5")),
+  "set14": EvalSet("Set14", 14, _layouts("Set14")),
+  "b100": EvalSet("B100", 100, _layouts("B100", "BSDS100", "BSD100")),
+  "urban100": EvalSet("Urban100", 100, _layouts("Urban100")),
+  "manga109": EvalSet("Manga109", 109, _layouts("Manga109")),
+  "div2k_val": EvalSet(
     "DIV2K_val",
     100,
     ("DIV2K/DIV2K_valid_HR", "DIV2K_valid_HR", "DIV2K/valid/HR", "DIV2K_val/HR", "DIV2K_val"),
@@ -83,11 +91,11 @@ def _find_ci(root: str, relative: str) -> str | None:
   return path if os.path.isdir(path) else None
 
 
-def resolve_benchmark(name: str, root: str = "") -> EvalFolder:
-  """The HR folder of a named benchmark set under the data root.
+def resolve_eval_set(name: str, root: str = "") -> EvalFolder:
+  """The HR folder of a named evaluation set under the data root.
 
   Args:
-    name: a key of BENCHMARKS (case-insensitive), e.g. "set5".
+    name: a key of EVAL_SETS (case-insensitive), e.g. "set5".
     root: data root ("" = $SR_JAX_DATA, else ~/.cache/sr_jax/datasets).
 
   Returns:
@@ -99,28 +107,29 @@ def resolve_benchmark(name: str, root: str = "") -> EvalFolder:
       says where to put the set and which folders were found with other counts.
   """
   key = name.lower()
-  if key not in BENCHMARKS:
-    raise KeyError(f"unknown benchmark set {name!r}; known: {sorted(BENCHMARKS)}")
-  bench = BENCHMARKS[key]
+  if key not in EVAL_SETS:
+    raise KeyError(f"unknown evaluation set {name!r}; known: {sorted(EVAL_SETS)}")
+  eval_set = EVAL_SETS[key]
   root = data_root(root)
   wrong_counts = []
   seen = set()
-  for relative in bench.folders:
+  for relative in eval_set.folders:
     folder = _find_ci(root, relative)
     if folder is None or folder in seen:
       continue
     seen.add(folder)
     count = len(image_io.list_images(folder))
-    if count == bench.num_images:
-      return EvalFolder(bench.name, folder)
+    if count == eval_set.num_images:
+      return EvalFolder(eval_set.name, folder)
     wrong_counts.append(f"{folder} ({count} images)")
   found = f"; found only {', '.join(wrong_counts)}" if wrong_counts else ""
+  count, first = eval_set.num_images, eval_set.folders[0]
   raise FileNotFoundError(
-    f"benchmark set {name!r} ({bench.name}, {bench.num_images} HR images) not found under data "
-    f"root {root!r}{found}. Put its {bench.num_images} HR images in "
-    f"{os.path.join(root, bench.folders[0])} (or set eval.data_root / ${DATA_ROOT_ENV} to the "
-    f"folder that holds {os.path.dirname(bench.folders[0]) or bench.folders[0]}/); to evaluate "
-    "another number of images, give the folder path instead of the name."
+    f"evaluation set {name!r} ({eval_set.name}, {count} HR images) not found under data "
+    f"root {root!r}{found}. Put its {count} HR images in {os.path.join(root, first)} "
+    f"(or set eval.data_root / ${DATA_ROOT_ENV} to the folder that holds "
+    f"{os.path.dirname(first) or first}/); to evaluate another number of images, give the "
+    "folder path instead of the name."
   )
 
 
@@ -141,7 +150,7 @@ def eval_folders(
 
   Args:
     dirs: folders of HR images or 'embedded:val' / 'embedded:train' (`eval.dirs`).
-    datasets: named sets (keys of BENCHMARKS, case-insensitive) or, like `dirs`, folders
+    datasets: named sets (keys of EVAL_SETS, case-insensitive) or, like `dirs`, folders
       (`eval.datasets`). A folder that happens to be called like a set: write it as a path,
       e.g. './set5'.
     root: data root of the named sets (`eval.data_root`).
@@ -160,8 +169,8 @@ def eval_folders(
     for spec, path in zip(dirs, embedded.resolve_dirs(dirs, cache_dir))
   ]
   for entry in datasets:
-    if entry.lower() in BENCHMARKS:
-      folders.append(resolve_benchmark(entry, root))
+    if entry.lower() in EVAL_SETS:
+      folders.append(resolve_eval_set(entry, root))
     else:
       folders.append(EvalFolder(folder_name(entry), embedded.resolve_dirs(entry, cache_dir)[0]))
   names = [f.name for f in folders]
@@ -178,3 +187,49 @@ def _as_tuple(entries: str | Sequence[str]) -> tuple[str, ...]:
   return (
     (entries,) if isinstance(entries, (str, os.PathLike)) else tuple(os.fspath(e) for e in entries)
   )
+
+
+class EvalImage(NamedTuple):
+  """One full evaluation image: `hr` mod-cropped to a multiple of the scale, `lr` made from it."""
+
+  name: str
+  lr: np.ndarray  # float32 [h, w, 3] in [0, 1]
+  hr: np.ndarray  # float32 [h * scale, w * scale, 3] in [0, 1]
+
+
+def load_eval_folder(path: str, scale: int, quantize_lr: bool = True) -> list[EvalImage]:
+  """Full evaluation images of a folder (recursive), with their LR made by MATLAB bicubic.
+
+  Args:
+    path: folder of HR images.
+    scale: SR factor; HR is mod-cropped to a multiple of it.
+    quantize_lr: round LR to 8-bit levels (as the papers' LR PNGs).
+
+  Returns:
+    EvalImage per readable image, sorted by file path; `name` is the path relative to the
+    folder without extension. Unreadable or too small images are skipped with a warning.
+
+  Raises:
+    FileNotFoundError: the folder does not exist.
+    ValueError: the folder holds no usable image.
+  """
+  paths = image_io.list_images(path)
+  images = []
+  for file_path in paths:
+    image = image_io.read_image_or_none(file_path)
+    if image is None:
+      continue
+    hr = examples.mod_crop(image, scale)
+    if min(hr.shape[:2]) < scale:
+      height, width = image.shape[:2]
+      logging.warning(
+        "skipping %r: %dx%d is smaller than the scale %d", file_path, width, height, scale
+      )
+      continue
+    hr = examples.to_float(hr)
+    name = os.path.splitext(os.path.relpath(file_path, path))[0]
+    images.append(EvalImage(name, examples.make_lr(hr, scale, quantize_lr), hr))
+  logging.info("eval folder %s: %d images, %d skipped", path, len(images), len(paths) - len(images))
+  if not images:
+    raise ValueError(f"eval folder {path!r} has no usable image ({len(paths)} image files found)")
+  return images

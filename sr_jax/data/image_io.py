@@ -11,11 +11,13 @@ Conversions done by `read_image` (everything ends as uint8 [h, w, 3] RGB):
     reduced to 8 bits per channel by PIL.
 
 `read_image_full` is for inference (`sr_jax.upscale`): it keeps 16-bit depth, grayscale and alpha.
+Writing images is in `image_write`.
 """
 
 import os
 from typing import Iterable, NamedTuple, Sequence
 
+from absl import logging
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -46,11 +48,22 @@ def _high_depth_to_uint8(img: Image.Image) -> np.ndarray:
   return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
-def _on_white(img: Image.Image) -> Image.Image:
-  """Composites an image with alpha on a white background."""
-  rgba = img.convert("RGBA")
-  background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-  return Image.alpha_composite(background, rgba).convert("RGB")
+def composite_on_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+  """Composites colour over white with `alpha`, as viewers show it (same values as PIL's
+  `alpha_composite` for uint8).
+
+  Args:
+    color: uint8 / uint16 [h, w] gray or [h, w, c] colour.
+    alpha: [h, w] of the same dtype (its maximum value = opaque).
+
+  Returns:
+    The composited colour, same shape and dtype as `color`.
+  """
+  peak = np.float32(np.iinfo(color.dtype).max)
+  weight = alpha.astype(np.float32) / peak
+  if color.ndim == 3:
+    weight = weight[:, :, None]
+  return np.rint(color * weight + peak * (1.0 - weight)).astype(color.dtype)
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
@@ -61,8 +74,10 @@ def to_rgb(img: Image.Image) -> np.ndarray:
   has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
     img.mode == "P" and "transparency" in img.info
   )
-  rgb = _on_white(img) if has_alpha else img.convert("RGB")
-  return np.asarray(rgb, dtype=np.uint8)
+  if not has_alpha:
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+  rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+  return composite_on_white(rgba[:, :, :3], rgba[:, :, 3])
 
 
 def read_image(path: str) -> np.ndarray:
@@ -89,6 +104,15 @@ def read_image(path: str) -> np.ndarray:
   if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
     raise ImageReadError(path, f"empty image of shape {rgb.shape}")
   return rgb
+
+
+def read_image_or_none(path: str) -> np.ndarray | None:
+  """`read_image`, with a warning line instead of an exception (for skipping bad files)."""
+  try:
+    return read_image(path)
+  except ImageReadError as e:
+    logging.warning("%s; skipped", e)
+    return None
 
 
 def _is_image_file(name: str) -> bool:
@@ -144,7 +168,7 @@ class FullImage(NamedTuple):
 # data decoded with the little-endian raw mode gives the low byte (the filters use the same bytes
 # per pixel), so two decodes rebuild the 16-bit samples.
 _PNG16_LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
-# 16-bit gray + alpha is 4 bytes a pixel: decoded as plain RGBA bytes it is (L hi, L lo, A hi, A lo).
+# 16-bit gray + alpha is 4 bytes a pixel: decoded as RGBA bytes it is (L hi, L lo, A hi, A lo).
 _PNG16_LA_RAWMODE = "LA;16B"
 
 
@@ -197,7 +221,7 @@ def _read_tiff16(path: str) -> tuple[np.ndarray, bool, int, bytes | None] | None
   return pixels, has_alpha and pixels.ndim == 3, int(orientation), icc_profile
 
 
-# EXIF orientation (tag 0x0112) -> numpy ops that make the pixels upright, as ImageOps.exif_transpose.
+# EXIF orientation (tag 0x0112) -> numpy ops making the pixels upright, as ImageOps.exif_transpose.
 _ORIENTATION_OPS = {
   2: lambda a: a[:, ::-1],
   3: lambda a: a[::-1, ::-1],
@@ -274,7 +298,8 @@ def read_image_full(path: str) -> FullImage:
     else:
       with Image.open(path) as img:
         tiles = list(img.tile)
-        img.load()  # decode everything now, so a truncated file fails here; PNG eXIf may follow the data
+        # Decode everything now, so a truncated file fails here; PNG eXIf may follow the data.
+        img.load()
         orientation = img.getexif().get(0x0112, 1)
         icc_profile = img.info.get("icc_profile")
         pixels, has_alpha = _pixels_of(path, img, tiles)

@@ -113,8 +113,9 @@ def imresize(img: np.ndarray, scale: float, antialiasing: bool = True) -> np.nda
   return out[..., 0] if gray else out
 
 
-def bicubic_upsample(lr: np.ndarray, scale: int) -> np.ndarray:
-  """The model-free 'bicubic' SR baseline: MATLAB bicubic upscaling, clipped to [0, 1].
+def bicubic_baseline(lr: np.ndarray, scale: int) -> np.ndarray:
+  """The model-free 'bicubic' SR baseline of the papers' tables: MATLAB bicubic upscaling,
+  clipped to [0, 1] (the models' JAX resize is `sr_jax.models.layers.resize_bicubic`).
 
   Args:
     lr: [h, w, c] or [n, h, w, c] image(s) in [0, 1].

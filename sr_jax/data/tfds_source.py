@@ -14,15 +14,13 @@ HR image is smaller than the HR crop, is skipped with one warning line naming th
 record number and (when stored) the source file name.
 """
 
-import logging
 import threading
 from typing import Any
 
+from absl import logging
 import numpy as np
 
-from sr_jax.data import pairs
-
-log = logging.getLogger(__name__)
+from sr_jax.data import image_io, pairs
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
@@ -36,10 +34,8 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"not an 8-bit gray/RGB/RGBA image: {image.dtype} {image.shape}")
   if image.shape[2] == 1:
     return np.repeat(image, 3, axis=2)
-  if image.shape[2] == 4:  # alpha composited on white, as image_io.read_image does
-    alpha = image[:, :, 3:].astype(np.float32) / 255.0
-    rgb = image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+  if image.shape[2] == 4:  # as image_io.read_image does
+    return image_io.composite_on_white(image[:, :, :3], image[:, :, 3])
   return image
 
 
@@ -138,7 +134,7 @@ class TfdsImages:
       self._bad.add(record)
       all_bad = len(self._bad) >= len(self)
     if first:
-      log.warning("tfds %s[%s] record %d: %s; skipped", self.name, self.split, record, message)
+      logging.warning("tfds %s[%s] record %d: %s; skipped", self.name, self.split, record, message)
     if all_bad:
       raise ValueError(
         f"TFDS dataset {self.name!r}[{self.split}]: none of the {len(self)} records "
