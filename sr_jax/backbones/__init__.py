@@ -8,20 +8,27 @@
 `weights` is None (random init), a local file (torchvision `.pth`, timm `.safetensors`, or an
 sr_jax-converted `.safetensors`), or a registry name such as "torchvision:resnet50" (see
 `sr_jax.weights.registry`); "imagenet" picks the default entry for the architecture.
+
+Building and loading are two steps when the backbone is part of a bigger network:
+
+    encoder = create_backbone("resnet50", head=False, rngs=rngs, freeze_bn=True)  # no file read
+    ...
+    load_backbone_weights(encoder, "resnet50", "imagenet")  # once, at the start of a fresh run
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Callable, Iterable
+from typing import Iterable
 
+from absl import logging
 from flax import nnx
 
-from sr_jax.backbones.batchnorm import Identity, fold_batchnorm, freeze_batchnorm
+from sr_jax.backbones.batchnorm import Identity, fold_batchnorm, set_bn_frozen
 from sr_jax.backbones.efficientnet_lite import EfficientNetLite, efficientnet_lite0
 from sr_jax.backbones.resnet import RESNET_CONFIGS, ResNet, resnet
 from sr_jax.weights import porting, registry
+from sr_jax.weights.checkpoint import read_checkpoint
 from sr_jax.weights.merge import LoadReport, init_abstract, load_state
 
 __all__ = [
@@ -31,13 +38,11 @@ __all__ = [
   "backbone_arrays",
   "detect_backbone",
   "fold_batchnorm",
-  "freeze_batchnorm",
+  "set_bn_frozen",
   "Identity",
   "ResNet",
   "EfficientNetLite",
 ]
-
-_log = logging.getLogger(__name__)
 
 BACKBONES = (*RESNET_CONFIGS, "efficientnet_lite0")
 # Default registry entry per architecture, for weights="imagenet".
@@ -45,10 +50,10 @@ _IMAGENET = {
   **{name: f"torchvision:{name}" for name in RESNET_CONFIGS},
   "efficientnet_lite0": "efficientnet_lite0",
 }
-# PyTorch module-path renames (torchvision/timm ResNet names are already ours).
-_TORCH_RENAME: dict[str, Callable[[str], str] | None] = {
-  **{name: None for name in RESNET_CONFIGS},
-  "efficientnet_lite0": porting.strip_underscores,
+# The class of each backbone; its `port_rules` map PyTorch names onto it.
+_CLASSES: dict[str, type[nnx.Module]] = {
+  **{name: ResNet for name in RESNET_CONFIGS},
+  "efficientnet_lite0": EfficientNetLite,
 }
 
 
@@ -81,20 +86,21 @@ def _weights_file(name: str, weights: str | os.PathLike, cache_dir) -> str:
   weights = os.fspath(weights)
   if weights == "imagenet":
     weights = _IMAGENET[name]
+  if weights in registry.names() and registry.get(weights).arch not in (None, name):
+    raise ValueError(f"{weights} holds a {registry.get(weights).arch}, not a {name}")
   return os.fspath(registry.resolve(weights, cache_dir=cache_dir))
 
 
 def backbone_arrays(name: str, path: str | os.PathLike) -> dict:
   """Reads a checkpoint file as NNX-layout arrays keyed like the `name` backbone's state."""
-  if name not in _TORCH_RENAME:
+  if name not in _CLASSES:
     raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-  checkpoint = porting.read_checkpoint(path)
-  arch = checkpoint.metadata.get("sr_jax.arch")
-  if arch and arch != name:
-    raise ValueError(f"{path}: an sr_jax checkpoint of {arch!r}, not of {name!r}")
+  checkpoint = read_checkpoint(path)
+  if checkpoint.arch and checkpoint.arch != name:
+    raise ValueError(f"{path}: a checkpoint of {checkpoint.arch!r}, not of {name!r}")
   if checkpoint.layout == "nnx":
     return checkpoint.arrays
-  return porting.torch_to_nnx(checkpoint.arrays, rename=_TORCH_RENAME[name])
+  return porting.torch_to_nnx(checkpoint.arrays, _CLASSES[name].port_rules)
 
 
 def load_backbone_weights(
@@ -106,11 +112,12 @@ def load_backbone_weights(
   dont_load: Iterable[str] = (),
   cache_dir: str | os.PathLike | None = None,
 ) -> LoadReport:
-  """Loads `weights` (path, registry name or "imagenet") into the `name` backbone `net`.
+  """Loads `weights` (path, registry name or "imagenet") into the `name` backbone `net`, in place.
 
-  The classifier (`fc.*`) is skipped automatically when `net` has no head or a head whose
-  shape differs from the checkpoint's. Returns the `LoadReport` (strict mode raises on any
-  missing / unexpected / mismatched key, listing all of them).
+  `net` may be initialised or abstract (`nnx.eval_shape`); its BatchNorm mode (`freeze_bn`) is
+  left as it was built. The classifier (`fc.*`) is skipped automatically when `net` has no head
+  or a head whose shape differs from the checkpoint's. Returns the `LoadReport` (strict mode
+  raises on any missing / unexpected / mismatched key, listing all of them).
   """
   path = _weights_file(name, weights, cache_dir)
   arrays = backbone_arrays(name, path)
@@ -120,9 +127,9 @@ def load_backbone_weights(
     dont_load.append("fc.*")
   report = load_state(net, arrays, dont_load=dont_load, strict=strict, source=path)
   if report.ok:
-    _log.info("%s", report.summary())
+    logging.info("%s", report.summary())
   else:
-    _log.warning("%s", report)
+    logging.warning("%s", report)
   return report
 
 
@@ -136,7 +143,7 @@ def create_backbone(
   seed: int = 0,
   strict: bool = True,
   dont_load: Iterable[str] = (),
-  frozen_bn: bool = True,
+  freeze_bn: bool = True,
   cache_dir: str | os.PathLike | None = None,
 ) -> nnx.Module:
   """Builds a backbone and optionally loads pretrained weights.
@@ -152,8 +159,8 @@ def create_backbone(
     seed: seed used when `rngs` is None.
     strict: raise if the checkpoint does not match (apart from `dont_load` and a dropped head).
     dont_load: extra glob/regex patterns of keys to leave at init.
-    frozen_bn: BatchNorm uses (and never updates) the running statistics, so `net(x)` matches
-      torch `.eval()`; `freeze_batchnorm(net, False)` switches to batch statistics.
+    freeze_bn: BatchNorm uses (and never updates) the running statistics, so `net(x)` matches
+      torch `.eval()`; False trains on batch statistics (`set_bn_frozen(net, ...)` switches).
     cache_dir: download cache for registry names (default `$SR_JAX_CACHE` or ~/.cache/sr_jax).
 
   Returns:
@@ -174,5 +181,5 @@ def create_backbone(
       net, name, weights, strict=strict, dont_load=dont_load, cache_dir=cache_dir
     )
     init_abstract(net, rngs)
-  freeze_batchnorm(net, frozen_bn)
+  set_bn_frozen(net, freeze_bn)
   return net

@@ -1,9 +1,9 @@
 """BatchNorm handling for pretrained backbones: frozen statistics, and folding for inference.
 
 Backbones are built with `use_running_average=True`, so the loaded ImageNet statistics are used
-and never updated (the usual choice when fine-tuning with small SR batches). Note that NNX's
-`module.train()` flips *every* BatchNorm to batch statistics; call `freeze_batchnorm(backbone)`
-after it to keep the backbone's statistics frozen.
+and never updated (the usual choice when fine-tuning with small SR batches; config key
+`model.encoder.freeze_bn`). Note that NNX's `module.train()` flips *every* BatchNorm to batch
+statistics; call `set_bn_frozen(backbone, True)` after it to keep the backbone's statistics frozen.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from flax import nnx
 import jax.numpy as jnp
 
-__all__ = ["Identity", "freeze_batchnorm", "fold_batchnorm"]
+__all__ = ["Identity", "set_bn_frozen", "fold_batchnorm"]
 
 
 class Identity(nnx.Module):
@@ -21,7 +21,7 @@ class Identity(nnx.Module):
     return x
 
 
-def freeze_batchnorm(module: nnx.Module, frozen: bool = True) -> nnx.Module:
+def set_bn_frozen(module: nnx.Module, frozen: bool = True) -> nnx.Module:
   """Sets every BatchNorm in `module` to use running stats (`frozen`) or batch stats; in place."""
   for _, sub in nnx.iter_modules(module):
     if isinstance(sub, nnx.BatchNorm):

@@ -10,7 +10,7 @@ squeeze-excitation, stem (32) and head (1280) widths not scaled. Details that ma
 - BatchNorm eps 1e-3 (TF), torch momentum 0.01 (= Flax 0.99);
 - residual only when stride 1 and in == out channels (never on a stage's first block).
 Our module names drop the leading underscores (`blocks.3.depthwise_conv`);
-`porting.strip_underscores` maps the PyTorch names.
+`EfficientNetLite.port_rules` maps the PyTorch names.
 Dropout (0.2 before `fc`) is not modelled: this port is for inference and feature extraction.
 """
 
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from sr_jax.conv import Conv
+from sr_jax.weights.porting import PortRules, strip_underscores
 
 __all__ = ["EfficientNetLite", "MBConvBlock", "LITE0_STAGES", "efficientnet_lite0"]
 
@@ -96,6 +97,7 @@ class EfficientNetLite(nnx.Module):
   """
 
   conv_bn_pairs = (("conv_stem", "bn0"), ("conv_head", "bn1"))
+  port_rules = PortRules(rename=strip_underscores)
 
   def __init__(self, *, num_classes: int = 1000, head: bool = True, rngs: nnx.Rngs):
     self.conv_stem = _conv(3, 32, 3, 2, rngs=rngs)

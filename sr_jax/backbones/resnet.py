@@ -3,7 +3,7 @@
 v1.5: the bottleneck's stride sits on its 3x3 conv (torchvision), not on the first 1x1 (the
 original paper / Caffe). Submodule names follow torchvision (`conv1`, `bn1`, `layer1.0.conv1`,
 `layer1.0.downsample.0`, `fc`), so a torchvision or timm state dict maps onto this module with
-only the generic PyTorch -> NNX layout change (`porting.torch_to_nnx`, no renaming).
+only the generic PyTorch -> NNX layout change (`ResNet.port_rules`: no renaming).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sr_jax.conv import Conv
+from sr_jax.weights.porting import PortRules
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "RESNET_CONFIGS", "resnet"]
 
@@ -118,6 +119,7 @@ class ResNet(nnx.Module):
   """
 
   conv_bn_pairs = (("conv1", "bn1"),)
+  port_rules = PortRules()  # torchvision / timm names are ours
 
   def __init__(
     self,

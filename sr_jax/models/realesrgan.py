@@ -1,8 +1,10 @@
 """The Real-ESRGAN generators: `RRDBNet` (BasicSR) and `SRVGGNetCompact` (Real-ESRGAN).
 
 Attribute names follow the official PyTorch modules (`conv_first`, `body.N.rdb1.conv1`, ...;
-`body.N` for the compact net) so official checkpoints map key by key: conv `weight` -> `kernel`
-(transposed), PReLU `weight` -> `slope`. See `sr_jax.models.pretrained` for the loaders.
+`body.N` for the compact net) so official checkpoints map key by key with `PORT_RULES`: conv
+`weight` -> `kernel` (transposed), PReLU `weight` -> `slope`. Each network also keeps its
+hyperparameters as attributes of the same names as its constructor arguments (`scale`,
+`num_feat`, ...), which is what loading checks a file against. Loaders: `sr_jax.models.pretrained`.
 """
 
 import functools
@@ -12,17 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax.conv import Conv
-from sr_jax.models.layers import pixel_shuffle, pixel_unshuffle
+from sr_jax.models.layers import conv3x3, pixel_shuffle, pixel_unshuffle
+from sr_jax.weights.porting import PortRules
+
+# Official key names need no renaming; the only 1-D `weight`s are PReLU slopes (no norm layers).
+PORT_RULES = PortRules(vector_weight="slope")
 
 # BasicSR's `default_init_weights(..., scale=0.1)`: Kaiming-normal (fan-in, gain sqrt(2)) times 0.1,
 # which keeps the 23-block residual stack near identity at the start of training.
 _RDB_KERNEL_INIT = nnx.initializers.variance_scaling(2.0 * 0.1**2, "fan_in", "normal")
-
-
-def conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, kernel_init=None) -> nnx.Conv:
-  kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
-  return Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs, **kwargs)
 
 
 def upsample_nearest(x: jnp.ndarray, factor: int) -> jnp.ndarray:
@@ -39,11 +39,12 @@ class ResidualDenseBlock(nnx.Module):
 
   def __init__(self, num_feat: int, num_grow_ch: int, rngs: nnx.Rngs):
     grow = num_grow_ch
-    self.conv1 = conv3x3(num_feat, grow, rngs, _RDB_KERNEL_INIT)
-    self.conv2 = conv3x3(num_feat + grow, grow, rngs, _RDB_KERNEL_INIT)
-    self.conv3 = conv3x3(num_feat + 2 * grow, grow, rngs, _RDB_KERNEL_INIT)
-    self.conv4 = conv3x3(num_feat + 3 * grow, grow, rngs, _RDB_KERNEL_INIT)
-    self.conv5 = conv3x3(num_feat + 4 * grow, num_feat, rngs, _RDB_KERNEL_INIT)
+    init = _RDB_KERNEL_INIT
+    self.conv1 = conv3x3(num_feat, grow, rngs, kernel_init=init)
+    self.conv2 = conv3x3(num_feat + grow, grow, rngs, kernel_init=init)
+    self.conv3 = conv3x3(num_feat + 2 * grow, grow, rngs, kernel_init=init)
+    self.conv4 = conv3x3(num_feat + 3 * grow, grow, rngs, kernel_init=init)
+    self.conv5 = conv3x3(num_feat + 4 * grow, num_feat, rngs, kernel_init=init)
 
   def __call__(self, x):
     # Channel order of each concat matches torch.cat((x, x1, ...), 1), so kernels port unchanged.
@@ -74,6 +75,8 @@ class RRDBNet(nnx.Module):
   The trunk always upsamples x4 (two nearest x2 stages); for scale 2 / 1 the input is first
   pixel-unshuffled by 2 / 4, as in BasicSR (RealESRGAN_x2plus).
   """
+
+  port_rules = PORT_RULES
 
   def __init__(
     self,
@@ -156,10 +159,12 @@ class SRVGGNetCompact(nnx.Module):
     num_feat: channels of the body.
     num_conv: convs between the first and the last one.
     act_type: 'prelu' (official models), 'relu' or 'leakyrelu'.
-    scale: output scale, default `upscale`. When it differs, the x`upscale` output is bicubic-resized
-      to x`scale` exactly as ncnn's Interp does; that is how the official ncnn
+    scale: output scale, default `upscale`. When it differs, the x`upscale` output is
+      bicubic-resized to x`scale` exactly as ncnn's Interp does; that is how the official ncnn
       realesr-animevideov3 x2 / x3 models are built (the x4 net plus a downscale).
   """
+
+  port_rules = PORT_RULES
 
   def __init__(
     self,

@@ -1,19 +1,27 @@
-"""Checkpoint reading, the registry of well-known checkpoints, and loading into NNX modules.
+"""Weight files, the registry of well-known checkpoints, and loading into NNX modules.
 
-- `torch_pickle.load_torch_file`: read a `.pth` without torch (restricted unpickler).
+Architecture-agnostic: the architectures (`sr_jax.models`, `sr_jax.backbones`) bring their own
+`porting.PortRules`; this package knows file formats and layouts.
+
+- `checkpoint.read_checkpoint`: any file (torch pickle `.pth/.pt/.ckpt/.bin` read without
+  torch, `.safetensors`, `.npz`, ncnn `.param`) -> flat arrays, with one state-dict unwrapper.
 - `registry.resolve`: registry name or path -> local file (download once, sha256-checked).
-- `porting.read_checkpoint` / `porting.torch_to_nnx`: files and PyTorch layouts -> NNX arrays.
+- `porting.torch_to_nnx`: PyTorch names and layouts -> NNX, with per-architecture rules.
 - `merge.load_state` / `merge.flatten_state`: flat arrays <-> an NNX module's state.
+- `convert.convert`: any supported file -> sr_jax's own `.safetensors` (imports the
+  architectures, so it is not imported here).
 """
 
+from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint, save_sr_jax, unwrap_state_dict
 from sr_jax.weights.merge import LoadReport, StateMismatchError, flatten_state, load_state
-from sr_jax.weights.porting import Checkpoint, read_checkpoint, save_sr_jax, torch_to_nnx
+from sr_jax.weights.porting import PortRules, torch_to_nnx
 from sr_jax.weights.registry import register, resolve
 from sr_jax.weights.torch_pickle import UnsafeCheckpointError, load_torch_file
 
 __all__ = [
   "Checkpoint",
   "LoadReport",
+  "PortRules",
   "StateMismatchError",
   "UnsafeCheckpointError",
   "flatten_state",
@@ -24,4 +32,5 @@ __all__ = [
   "resolve",
   "save_sr_jax",
   "torch_to_nnx",
+  "unwrap_state_dict",
 ]

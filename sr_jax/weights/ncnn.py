@@ -3,15 +3,16 @@
 `read_ncnn(param_path)` parses the text graph and the weight blobs, checks that the graph is exactly
 an `RRDBNet` or an `SRVGGNetCompact` (layer by layer, including how blobs are wired), infers its
 hyperparameters, and returns the weights under the official PyTorch key names (OIHW kernels), so
-the `.pth` and the ncnn paths share one key mapping (`sr_jax.models.pretrained`).
+the `.pth` and the ncnn paths share one key mapping. `checkpoint.read_checkpoint` calls it for a
+`.param` (or a `.bin` with a `.param` beside it).
 
 Formats (ncnn wiki "param and model file structure"):
 - `.param`: magic 7767517, "layer_count blob_count", then one line per layer:
   `type name n_bottoms n_tops bottoms... tops... key=value...`; a key <= -23300 holds an array
   `count,v1,v2,...` for id `-23300 - key`; values with '.' or 'e' are floats.
-- `.bin`: the weights of the layers in `.param` order. A Convolution's kernel starts with a 4-byte
-  flag word (0 = float32, 0x01306B47 = float16, padded to 4 bytes); its bias and PReLU slopes are raw
-  float32 without a flag.
+- `.bin`: the weights of the layers in `.param` order. A Convolution's kernel starts with a
+  4-byte flag word (0 = float32, 0x01306B47 = float16, padded to 4 bytes); its bias and PReLU
+  slopes are raw float32 without a flag.
 """
 
 import dataclasses
@@ -154,7 +155,7 @@ def _parse_layer_line(fields: list[str], lineno: int, param_path) -> NcnnLayer:
   )
 
 
-# --- .bin -------------------------------------------------------------------------------------------
+# --- .bin ----------------------------------------------------------------------------------------
 
 
 class _BinReader:
@@ -240,7 +241,7 @@ def read_weights(layers: list[NcnnLayer], param_path, bin_path) -> tuple[dict, s
   return weights, dtypes
 
 
-# --- graph -> architecture ----------------------------------------------------------------------------
+# --- graph -> architecture ------------------------------------------------------------------------
 
 
 class _Graph:
@@ -272,7 +273,7 @@ class _Graph:
     raise NcnnFormatError(f"{where}: {message}")
 
   def take(self, layer_type: str, role: str, bottoms: tuple[str, ...] | None = None) -> NcnnLayer:
-    """Next layer, which must be `layer_type` reading exactly `bottoms` (blob names, after Split)."""
+    """Next layer: must be `layer_type` reading exactly `bottoms` (blob names, after Split)."""
     layer = self.peek()
     if layer is None or layer.type != layer_type:
       self.fail(layer, f"expected {layer_type} ({role}) here")
@@ -478,7 +479,8 @@ def _map_srvgg_compact(graph: _Graph, data: str) -> tuple[dict, dict, str]:
   ):
     graph.fail(
       add,
-      f"should add the pixel-shuffle output and the upsampled input, reads {list(graph.bottoms(add))}",
+      "should add the pixel-shuffle output and the upsampled input, reads "
+      f"{list(graph.bottoms(add))}",
     )
   out, scale = graph.top(add), upscale
   if (resize := graph.peek()) is not None and resize.type == "Interp":
@@ -509,8 +511,9 @@ def read_ncnn(param_path, bin_path=None) -> NcnnModel:
   """Reads an ncnn Real-ESRGAN-family model (`bin_path` defaults to the `.bin` beside the `.param`).
 
   Raises:
-    NcnnFormatError: malformed `.param`, unsupported layer type, a graph that is neither architecture,
-      inconsistent shapes, or a truncated / oversized `.bin`; the message names the file, line and layer.
+    NcnnFormatError: malformed `.param`, unsupported layer type, a graph that is neither
+      architecture, inconsistent shapes, or a truncated / oversized `.bin`; the message names the
+      file, line and layer.
     FileNotFoundError: a missing file.
   """
   param_path = os.fspath(param_path)
