@@ -83,10 +83,16 @@ def _code_keys() -> set[str]:
 
 
 def _readme_keys() -> set[str]:
-  """Keys the data README names as `data.KEY` or `config.data.KEY`."""
+  """Keys the data README names: `data.KEY`, `config.data.KEY`, and its table of keys."""
   with open(os.path.join(DATA_DIR, "README.md")) as f:
     text = f.read()
-  return set(re.findall(r"(?<![\w.])(?:config\.)?data\.([a-z_0-9]+(?:\.[a-z_0-9]+)?)", text))
+  # Not `data.load_eval_folder(...)`: a function of the package, not a key.
+  key = r"(?<![\w.])(?:config\.)?data\.([a-z_0-9]+(?:\.[a-z_0-9]+)?)(?![\w(])"
+  keys = set(re.findall(key, text))
+  table = text.split("## Keys", 1)[1].split("\n## ", 1)[0]
+  for first_cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.MULTILINE):
+    keys.update(k.removesuffix(".*") for k in re.findall(r"`([a-z_0-9.*]+)`", first_cell))
+  return keys
 
 
 DATA_KEYS = [key for key, _ in _leaves(default.get_config().data)]
@@ -107,7 +113,7 @@ def test_keys_read_or_documented_are_in_the_config():
   code_keys, readme_keys = _code_keys(), _readme_keys()
   # The scans find what they should (a broken regex would make this test vacuous).
   assert {"num_threads", "cache_max_mb", "tfds_split", "realesrgan.jpeg_range2"} <= code_keys
-  assert {"source", "cache_max_mb", "degradation"} <= readme_keys
+  assert {"source", "cache_max_mb", "prefetch_buffer_size", "tfds_split"} <= readme_keys
   data_config = default.get_config().data
   for key in sorted(code_keys | readme_keys):
     _lookup(data_config, key)  # KeyError names a key that is missing from configs/default.py

@@ -20,7 +20,8 @@ Examples:
 Evaluation:
   eval_folders(dirs, datasets, root)     `eval.dirs` + `eval.datasets` (named sets of EVAL_SETS
                                          such as "set5", or folders) -> [EvalFolder(name, path)]
-  load_eval_folder(path, scale)          -> [EvalImage(name, lr, hr)]
+  load_eval_folder(path, scale)          -> [EvalImage(name, lr, hr)] (bad files skipped)
+  load_eval_image(path, scale)           -> EvalImage of one file
 Images:
   read_image(path)                       uint8 RGB, for training and evaluation
   read_image_full(path)                  FullImage: 16-bit, gray and alpha kept (inference)
@@ -39,6 +40,7 @@ from sr_jax.data.eval_sets import (
   eval_folders,
   folder_name,
   load_eval_folder,
+  load_eval_image,
   resolve_eval_set,
 )
 from sr_jax.data.examples import make_lr, mod_crop, to_float
@@ -77,6 +79,7 @@ __all__ = [
   "imresize",
   "list_images",
   "load_eval_folder",
+  "load_eval_image",
   "make_lr",
   "mod_crop",
   "pair_folders",

@@ -197,6 +197,32 @@ class EvalImage(NamedTuple):
   hr: np.ndarray  # float32 [h * scale, w * scale, 3] in [0, 1]
 
 
+def load_eval_image(
+  path: str, scale: int, quantize_lr: bool = True, name: str | None = None
+) -> EvalImage:
+  """One evaluation image file: HR mod-cropped to the scale, LR made by MATLAB bicubic.
+
+  Args:
+    path: HR image file.
+    scale: SR factor.
+    quantize_lr: round LR to 8-bit levels (as the papers' LR PNGs).
+    name: reported name; None = the file name without extension.
+
+  Raises:
+    ImageReadError: the file cannot be read.
+    ValueError: the image is smaller than the scale.
+  """
+  image = image_io.read_image(path)
+  hr = examples.mod_crop(image, scale)
+  if min(hr.shape[:2]) < scale:
+    height, width = image.shape[:2]
+    raise ValueError(f"{path!r}: image of {width}x{height} is smaller than the scale {scale}")
+  hr = examples.to_float(hr)
+  if name is None:
+    name = os.path.splitext(os.path.basename(path))[0]
+  return EvalImage(name, examples.make_lr(hr, scale, quantize_lr), hr)
+
+
 def load_eval_folder(path: str, scale: int, quantize_lr: bool = True) -> list[EvalImage]:
   """Full evaluation images of a folder (recursive), with their LR made by MATLAB bicubic.
 
@@ -216,19 +242,11 @@ def load_eval_folder(path: str, scale: int, quantize_lr: bool = True) -> list[Ev
   paths = image_io.list_images(path)
   images = []
   for file_path in paths:
-    image = image_io.read_image_or_none(file_path)
-    if image is None:
-      continue
-    hr = examples.mod_crop(image, scale)
-    if min(hr.shape[:2]) < scale:
-      height, width = image.shape[:2]
-      logging.warning(
-        "skipping %r: %dx%d is smaller than the scale %d", file_path, width, height, scale
-      )
-      continue
-    hr = examples.to_float(hr)
     name = os.path.splitext(os.path.relpath(file_path, path))[0]
-    images.append(EvalImage(name, examples.make_lr(hr, scale, quantize_lr), hr))
+    try:
+      images.append(load_eval_image(file_path, scale, quantize_lr, name))
+    except (image_io.ImageReadError, ValueError) as e:
+      logging.warning("%s; skipped", e)
   logging.info("eval folder %s: %d images, %d skipped", path, len(images), len(paths) - len(images))
   if not images:
     raise ValueError(f"eval folder {path!r} has no usable image ({len(paths)} image files found)")
