@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   # LR from HR: "bicubic" (MATLAB imresize) | "realesrgan" (second-order blur/resize/noise/JPEG,
   # options below) | "paired" (stored LR: train_lr_dirs, or the TFDS dataset's "lr" images).
   config.data.degradation = "bicubic"
-  config.data.quantize_lr = True  # round bicubic LR to 8-bit levels, like benchmark LR PNGs
+  config.data.quantize_lr = True  # round bicubic LR to 8-bit levels, like the test sets' LR PNGs
   config.data.num_threads = 2  # threads preparing batches, in each process
   config.data.prefetch_buffer_size = 4  # batches prepared ahead
   config.data.worker_count = 0  # Grain worker processes (0 = in the training process)
