@@ -10,7 +10,7 @@ the batches do not depend on threads or workers, and the iterator state is just 
 same images give the same batches from a folder and from its TFDS copy (`sr_jax.data.prepare`).
 
 LR images are clipped to [0, 1] and, with `data.quantize_lr`, rounded to 8-bit levels, as in the
-standard benchmarks whose LR inputs are MATLAB-resized PNGs.
+standard test sets whose LR inputs are MATLAB-resized PNGs.
 
 Every key is read from the `data` config block without fallback: its defaults are in
 configs/default.py.
