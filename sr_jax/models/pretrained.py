@@ -38,7 +38,8 @@ __all__ = [
   "sr_arrays",
 ]
 
-# name -> class; each keeps its constructor's hyperparameters as attributes of the same names.
+# name -> class. Each class keeps its constructor's hyperparameters as attributes of the same
+# names (what `load_sr_weights` checks a file against) and its `port_rules` (PyTorch -> NNX).
 ARCHITECTURES: dict[str, type[nnx.Module]] = {"rrdbnet": RRDBNet, "srvgg_compact": SRVGGNetCompact}
 
 # The `model.*` config keys of each architecture (the scale comes from `data.scale`).
