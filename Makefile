@@ -4,12 +4,13 @@ VENV ?= .venv
 WORKDIR ?= runs/demo
 PY := $(VENV)/bin/python
 
-.PHONY: demo test venv dev-deps parity-deps clean
+.PHONY: demo test lint venv dev-deps parity-deps clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
@@ -28,7 +29,11 @@ parity-deps: $(VENV)/.parity-installed
 demo: venv
 	$(PY) launch.py --config=configs/demo.py --workdir=$(WORKDIR)
 
-test: dev-deps
+lint: dev-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: dev-deps lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 clean:

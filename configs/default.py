@@ -119,7 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.dirs = ("embedded:val",)  # folders of HR images, each reported under its folder name
-  # Named benchmark sets (set5, set14, b100, urban100, manga109, div2k_val) or folders.
+  # Named evaluation sets (set5, set14, b100, urban100, manga109, div2k_val) or folders.
   config.eval.datasets = ()
   config.eval.data_root = (
     ""  # where the named sets live; "" = $SR_JAX_DATA or ~/.cache/sr_jax/datasets

@@ -11,7 +11,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sr_jax import data, figures, metrics, utils
-from sr_jax.data.imresize import imresize
 
 # lr [h, w, 3] float32 in [0, 1] -> sr [h*s, w*s, 3].
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -37,13 +36,13 @@ def load_eval_sets(
 ) -> list[EvalSet]:
   """Loads each eval folder's HR images once, with their LR and bicubic versions.
 
-  `dir_specs` are folders (`eval.dirs`), `datasets` named benchmark sets such as set5 or urban100
+  `dir_specs` are folders (`eval.dirs`), `datasets` named evaluation sets (`data.EVAL_SETS`)
   resolved under `data_root` (`eval.datasets`, `eval.data_root`).
   """
   sets = []
   for name, path in data.eval_folders(tuple(dir_specs), tuple(datasets), data_root):
     images = data.load_eval_folder(path, scale)
-    bicubic = [np.clip(imresize(im.lr, scale), 0.0, 1.0) for im in images]
+    bicubic = [data.bicubic_baseline(im.lr, scale) for im in images]
     sets.append(EvalSet(name, images, bicubic))
   return sets
 
@@ -52,13 +51,7 @@ def load_eval_images(path: str, scale: int) -> list[data.EvalImage]:
   """EvalImages (name, LR by MATLAB bicubic, mod-cropped HR) of an image file or folder."""
   if os.path.isdir(path):
     return data.load_eval_folder(path, scale)
-  hr = data.to_float(data.mod_crop(data.read_image(path), scale))
-  if min(hr.shape[:2]) < scale:
-    raise ValueError(
-      f"{path!r}: image of {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}"
-    )
-  name = os.path.splitext(os.path.basename(path))[0]
-  return [data.EvalImage(name, data.make_lr(hr, scale), hr)]
+  return [data.load_eval_image(path, scale)]
 
 
 def comparison(
@@ -68,7 +61,7 @@ def comparison(
   crop: tuple[int, int, int] | None,
 ) -> tuple[object, dict[str, float]]:
   """The figure of one image and the PSNR-Y of every panel."""
-  panels = [("bicubic", np.clip(imresize(image.lr, scale), 0.0, 1.0))]
+  panels = [("bicubic", data.bicubic_baseline(image.lr, scale))]
   panels += [(label, np.clip(predict(image.lr), 0.0, 1.0)) for label, predict in predictors]
   psnrs = {label: metrics.psnr_y(sr, image.hr, scale) for label, sr in panels}
   figure = figures.zoom_comparison_figure(

