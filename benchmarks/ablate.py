@@ -12,14 +12,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import protocol
 import run
 import specs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -2,23 +2,18 @@
 
   python benchmarks/jax_worker.py [--cpu_devices=N]
 
-Train: sr_jax's own step, built exactly as sr_jax.train.train_and_evaluate builds it (config ->
-optim.from_config -> train_state.create_train_state -> sharding.place_state on the ("data",) mesh
-(params replicated, optimiser state and EMA split) -> jax.jit(make_train_step(..., mesh=mesh),
-donate_argnums=0, out_shardings=sharding.state_shardings)), on a fixed random batch
-split over the mesh. Infer: one LR image in, the SR image back on the host, through the network's
-forward jitted with the image rows split over every local device (sr_jax.sharding.jit_over_image_rows,
-as sr_jax.tiling.make_tile_fn does; --infer_over=device: on one device).
+Train: the step training runs, `sr_jax.train.create_trainer(config, mesh)` (train state on the
+("data",) mesh: params replicated, optimiser state and EMA split; jitted, donating step), on a
+fixed random batch split over the mesh. Infer: one LR image in, the SR image back on the host,
+through `sr_jax.tiling.make_tile_fn(model)` as `python -m sr_jax.upscale` runs it (the image rows
+split over every local device; --infer_over=device: on one device).
 """
 
 import argparse
+import contextlib
+import functools
 import os
-import sys
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from flax import nnx
 import jax
@@ -27,18 +22,15 @@ import numpy as np
 import protocol
 import specs
 
-from sr_jax import (
-  conv,
-  losses,
-  models,
-  optim,
-  sharding,
-  train,
-)
-from sr_jax import train_state as train_state_lib
+from sr_jax import conv, inference, losses, models, optim, sharding, tiling, train
 
 _current = {}  # the model under test: its timer and compiled program
 _OPTIONS = {"infer_over": "rows"}  # set from the command line
+_COMPILE_EVENTS = (
+  "/jax/core/compile/jaxpr_trace_duration",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+  "/jax/core/compile/backend_compile_duration",
+)
 
 
 def _lax_conv_graphdef(graphdef: nnx.GraphDef, *states, filters=()) -> nnx.GraphDef:
@@ -78,6 +70,23 @@ def _flops(jitted, *args) -> float | None:
   return None if flops is None else float(flops)
 
 
+@contextlib.contextmanager
+def _compile_seconds():
+  """Yields a dict whose "seconds" sums JAX's trace, lowering and compile times inside the block."""
+  total = {"seconds": 0.0}
+
+  def listener(event, duration_secs, **kwargs):
+    del kwargs
+    if event in _COMPILE_EVENTS:
+      total["seconds"] += duration_secs
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield total
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def _temp_mb(compiled) -> float | None:
   try:
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
@@ -114,10 +123,9 @@ def describe() -> dict:
 
 
 def peak_matmul(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> dict:
-  """Best FLOP/s of float32 [size, size] matmuls over `sizes` and `repeats`, in JAX (one device) and NumPy.
-
-  On a GPU: JAX's default precision (TF32 on Ampere and newer), and no NumPy (a host figure).
-  """
+  """Best FLOP/s of float32 [size, size] matmuls over `sizes` and `repeats`, in JAX (one device)
+  and NumPy. On a GPU: JAX's default precision (TF32 on Ampere and newer), and no NumPy (a host
+  figure)."""
   on_cpu = jax.local_devices()[0].platform == "cpu"
   best = {"jax": 0.0, "numpy": 0.0} if on_cpu else {"jax": 0.0}
   matmul = jax.jit(lambda a: a @ a)
@@ -141,55 +149,51 @@ def _param_count(params) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
+def _train_flops(config, trainer: train.Trainer, batch: dict) -> float | None:
+  """FLOPs of the train step with plain lax convs (`_lax_conv_graphdef`), from the library's step
+  builder; only lowered, never run."""
+  schedule, tx = optim.from_config(config)
+  loss, _ = losses.create_loss(config.loss, load_weights=False)
+  state = trainer.state
+  graphdef = _lax_conv_graphdef(
+    trainer.graphdef, state["params"], state["model_state"], filters=(nnx.Param, ...)
+  )
+  step = train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss)
+  return _flops(jax.jit(step), state, batch)
+
+
 def _setup_train(model: str) -> dict:
   config = specs.config_for(model)
   mesh = sharding.create_mesh()
-  schedule, tx = optim.from_config(config)
-  loss, loss_state = losses.create_loss(config.get("loss"))
-  graphdef, state = train_state_lib.create_train_state(config, tx, loss_state)
-  num_params = _param_count(state["params"])
-  state = sharding.place_state(state, mesh)  # as train_and_evaluate: ZeRO-1 layout
+  trainer = train.create_trainer(config, mesh)
   rng = np.random.default_rng(0)
-  batch_size, patch, scale = config.train.batch_size, config.data.patch_size, config.data.scale
+  batch_size = sharding.local_batch_size(config.train.batch_size)
+  patch, scale = config.data.patch_size, config.data.scale
   local = {
     "lr": rng.random((batch_size, patch, patch, 3), np.float32),
     "hr": rng.random((batch_size, patch * scale, patch * scale, 3), np.float32),
   }
   batch = sharding.global_batch(local, mesh)
-  replicated = sharding.replicated(mesh)
-  step = jax.jit(
-    train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh),
-    donate_argnums=(0,),
-    out_shardings=(sharding.state_shardings(state, mesh), replicated),
-  )
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = trainer.step.lower(trainer.state, batch).compile()  # the program trainer.step runs
   compile_s = time.perf_counter() - start
-  _current["compiled"] = compiled
-  holder = {"state": state}
+  flops = _train_flops(config, trainer, batch)  # before the first step donates the state
+  holder = {"state": trainer.state}
 
   def run_once():
     holder["state"], holder["metrics"] = compiled(holder["state"], batch)
 
-  lax_graphdef = _lax_conv_graphdef(
-    graphdef, state["params"], state["model_state"], filters=(nnx.Param, ...)
-  )
-  flops = _flops(
-    jax.jit(train.make_train_step(lax_graphdef, tx, schedule, config.train.ema_decay, loss)),
-    state,
-    batch,
-  )
   timer = protocol.repeat_timer(run_once, lambda: jax.block_until_ready(holder["state"]))
-  _current.update(timer=timer, holder=holder)
+  _current.update(timer=timer, holder=holder, compiled=compiled)
   return {
     "compile_s": compile_s,
     "flops": flops,
-    "params": num_params,
+    "params": _param_count(trainer.state["params"]),
     "xla_temp_mb": _temp_mb(compiled),
-    "batch_size": batch_size,
+    "batch_size": config.train.batch_size,
     "lr_size": patch,
     "scale": scale,
-    "devices": len(mesh.devices.flat),
+    "devices": mesh.devices.size,
   }
 
 
@@ -197,45 +201,31 @@ def _setup_infer(model: str) -> dict:
   config = specs.config_for(model)
   size, scale = specs.SPECS[model].infer_size, config.data.scale
   net = models.create_model(config.model, scale, nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(net)
-  num_params = _param_count(nnx.state(net, nnx.Param))
   lr = np.random.default_rng(0).random((1, size, size, 3), np.float32)
-
-  def forward(params, lr):
-    return nnx.merge(graphdef, params)(lr)
-
+  one_device = jax.local_devices()[0] if _OPTIONS["infer_over"] == "device" else None
   mesh = sharding.create_mesh(jax.local_devices())
-  if _OPTIONS["infer_over"] == "rows" and sharding.rows_split_evenly(size, mesh):
-    forward_jit, lr_sharding = (
-      sharding.jit_over_image_rows(forward, mesh),
-      sharding.image_rows(mesh),
-    )
-    params, devices = sharding.replicate(params, mesh), mesh.devices.size
-  else:  # One device.
-    forward_jit, lr_sharding, devices = jax.jit(forward), jax.local_devices()[0], 1
-    params = jax.device_put(params, lr_sharding)
-  start = time.perf_counter()
-  compiled = forward_jit.lower(params, jax.device_put(lr, lr_sharding)).compile()
-  compile_s = time.perf_counter() - start
-  _current["compiled"] = compiled
+  # As make_tile_fn decides: rows over every local device when they split evenly.
+  devices = (
+    1 if one_device is not None or not sharding.rows_split_evenly(size, mesh) else mesh.devices.size
+  )
+  graphdef, state = nnx.split(net)
+  forward = functools.partial(inference.forward, _lax_conv_graphdef(graphdef, state))
+  flops = _flops(jax.jit(forward), state, jax.device_put(lr, jax.local_devices()[0]))
+  tile_fn = tiling.make_tile_fn(net, one_device)
   holder = {}
 
   def run_once():
-    holder["sr"] = np.asarray(compiled(params, jax.device_put(lr, lr_sharding)))
+    holder["sr"] = np.asarray(tile_fn(lr))
 
-  lax_graphdef = _lax_conv_graphdef(graphdef, params)
-  flops = _flops(
-    jax.jit(lambda params, lr: nnx.merge(lax_graphdef, params)(lr)),
-    params,
-    jax.device_put(lr, lr_sharding),
-  )
+  with _compile_seconds() as compile_time:
+    run_once()  # compiles
   timer = protocol.repeat_timer(run_once, lambda: None)
   _current.update(timer=timer, holder=holder)
   return {
-    "compile_s": compile_s,
+    "compile_s": compile_time["seconds"],
     "flops": flops,
-    "params": num_params,
-    "xla_temp_mb": _temp_mb(compiled),
+    "params": _param_count(nnx.state(net, nnx.Param)),
+    "xla_temp_mb": None,  # make_tile_fn's programs are compiled on first call, not exposed
     "batch_size": 1,
     "lr_size": size,
     "scale": scale,
@@ -261,7 +251,8 @@ def run(iters: int) -> dict:
 
 
 def teardown() -> dict:
-  """Peak memory of the row. The device peak is the process's: set in this row only where it rose."""
+  """Peak memory of the row. The device peak is the process's: set in this row only where it
+  rose."""
   before = _current.get("device_peak_before_mb")
   _current.clear()
   peak = _device_peak_mb()
@@ -272,28 +263,36 @@ def teardown() -> dict:
   }
 
 
+CONV_GRAD_CHOICES = (
+  "sr_jax",
+  "xla",
+  "all",
+  "tiny",
+  "everywhere",
+  "tiny_everywhere",
+  "depthwise_everywhere",
+)
+
+
 def use_conv_grad(which: str) -> None:
   """Ablation switch: "sr_jax" (as shipped: every network builds its convs with sr_jax.conv.Conv),
   "all" (the same, kept as a name for older commands), "xla" (lax.conv_general_dilated everywhere:
   the code before sr_jax.conv), "tiny" (sr_jax.conv without the image-by-image kernel gradient) or
   "everywhere" (sr_jax.conv's CPU rewrites on GPU/TPU too; "tiny_everywhere",
-  "depthwise_everywhere": only that one rewrite)."""
-  if which == "xla":
-    conv.conv_general_dilated = lax.conv_general_dilated  # conv.Conv reads it when building a conv
-  if which == "tiny":
-    conv._conv_fast_kernel_grad = conv._conv
+  "depthwise_everywhere": only that one rewrite). Call before any network is built."""
   everywhere = ("cpu", "cuda", "rocm", "tpu")
-  if which == "everywhere":  # all CPU rewrites on GPU/TPU too
-    conv.REWRITE_PLATFORMS = dict.fromkeys(conv.REWRITE_PLATFORMS, everywhere)
-  if which in ("tiny_everywhere", "depthwise_everywhere"):  # one rewrite on GPU/TPU too
-    conv.REWRITE_PLATFORMS = dict(
-      conv.REWRITE_PLATFORMS,
-      **{
-        {"tiny_everywhere": "tiny_as_matmul", "depthwise_everywhere": "depthwise_as_taps"}[
-          which
-        ]: everywhere
-      },
-    )
+  platforms = dict(conv.REWRITE_PLATFORMS)
+  if which == "xla":  # conv.Conv passes this function to every nnx.Conv it builds
+    conv.conv_general_dilated = lax.conv_general_dilated
+  if which == "tiny":  # the kernel gradient of XLA's own conv on every platform
+    platforms["kernel_grad_by_image"] = ()
+  if which == "everywhere":
+    platforms = dict.fromkeys(platforms, everywhere)
+  if which == "tiny_everywhere":
+    platforms["tiny_as_matmul"] = everywhere
+  if which == "depthwise_everywhere":
+    platforms["depthwise_as_taps"] = everywhere
+  conv.REWRITE_PLATFORMS = platforms
 
 
 def main() -> None:
@@ -301,15 +300,7 @@ def main() -> None:
   parser.add_argument("--cpu_devices", type=int, default=0, help="CPU devices (0: JAX's default)")
   parser.add_argument(
     "--conv_grad",
-    choices=(
-      "sr_jax",
-      "xla",
-      "all",
-      "tiny",
-      "everywhere",
-      "tiny_everywhere",
-      "depthwise_everywhere",
-    ),
+    choices=CONV_GRAD_CHOICES,
     default="sr_jax",
     help="ablation only: which conv gradients the models use (see use_conv_grad)",
   )
@@ -317,8 +308,8 @@ def main() -> None:
     "--infer_over",
     choices=("rows", "device"),
     default="rows",
-    help="one image split by rows over every local device (sharding.jit_over_image_rows) "
-    "or on one device (as sr_jax.tiling.make_tile_fn)",
+    help="sr_jax.tiling.make_tile_fn over every local device (one image split by rows) "
+    "or on one device",
   )
   args = parser.parse_args()
   _OPTIONS["infer_over"] = args.infer_over

@@ -3,7 +3,8 @@
   python benchmarks/run.py --out=DIR [--models=edsr_baseline,unet_resnet34,...] [--repeats=N]
 
 Writes DIR/results.json, a list of rows
-  {"model", "task": "train"|"infer", "sr_jax_per_s", "torch_per_s", "ratio", "fraction_of_peak", ...}
+  {"model", "task": "train"|"infer", "sr_jax_per_s", "torch_per_s", "ratio", "fraction_of_peak",
+   ...}
 (train: steps/s of the real sr_jax train step; infer: 256x256 LR images/s, except where a model's
 note says otherwise; ratio = sr_jax / torch throughput, null without torch; fraction_of_peak = the
 step's FLOPs from XLA's cost analysis x throughput / the best float32 matmul FLOP/s measured here),
@@ -29,11 +30,10 @@ import re
 import statistics
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import protocol
 import specs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _cores() -> int:
@@ -172,7 +172,8 @@ def _iters(warmup_s: float, min_repeat_s: float, max_iters: int = 50) -> int:
 
 
 def time_interleaved(workers: list, iters: list[int], repeats: int) -> list[list[float]]:
-  """Seconds per call, `repeats` times per worker, alternating workers (order rotated each repeat)."""
+  """Seconds per call, `repeats` times per worker, alternating workers (order rotated each
+  repeat)."""
   seconds = [[] for _ in workers]
   for r in range(repeats):
     for i in (
@@ -263,46 +264,51 @@ def _fmt(value, spec: str = ".3g") -> str:
 
 
 def markdown(rows: list[dict], header: dict) -> str:
+  jax_info = header["jax"]
+  machine = (
+    f"- machine: {header['cpu']}, {header['cores']} cores; sr_jax on "
+    f"{jax_info['device_count']} x {jax_info['platform']} ({jax_info['device_kind']}), "
+    f"jax {jax_info['jax']}"
+  )
+  if jax_info["xla_flags"]:
+    machine += f", XLA_FLAGS=`{jax_info['xla_flags']}`"
+  precision = []
+  if jax_info["platform"] != "cpu":
+    precision = [
+      f"- float32 arithmetic on {jax_info['platform']}: JAX default_matmul_precision="
+      f"{jax_info['default_matmul_precision']} (XLA:GPU: TF32 tensor cores for float32 convs "
+      "and matmuls); PyTorch allow_tf32 for cuDNN convs and cuBLAS matmuls, cudnn.benchmark on "
+      "(see the torch line); the peak below is TF32"
+    ]
+  peaks = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in header["peak"].items())
   lines = [
     f"# sr_jax vs PyTorch: {header['date']}",
     "",
     f"- command: `{header['command']}`",
-    f"- machine: {header['cpu']}, {header['cores']} cores; sr_jax on {header['jax']['device_count']} x "
-    f"{header['jax']['platform']} ({header['jax']['device_kind']}), jax {header['jax']['jax']}"
-    + (f", XLA_FLAGS=`{header['jax']['xla_flags']}`" if header["jax"]["xla_flags"] else ""),
+    machine,
     f"- torch: {header['torch']}",
-    *(
-      [
-        f"- float32 arithmetic on {header['jax']['platform']}: JAX default_matmul_precision="
-        f"{header['jax'].get('default_matmul_precision')} (XLA:GPU: TF32 tensor cores for float32 convs and "
-        "matmuls); PyTorch allow_tf32 for cuDNN convs and cuBLAS matmuls, cudnn.benchmark on "
-        "(see the torch line); the peak below is TF32"
-      ]
-      if header["jax"]["platform"] != "cpu"
-      else []
-    ),
-    f"- peak float32 matmul (best of sides {header['matmul_sizes']}): "
-    + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in header["peak"].items()),
+    *precision,
+    f"- peak float32 matmul (best of sides {header['matmul_sizes']}): {peaks}",
     f"- load average (1 min) at start / end: {header['load_start']:.2f} / {header['load_end']:.2f}",
     "",
-    "| model | task | unit | sr_jax | torch (format) | ratio | sr_jax GFLOP/s | fraction of peak (sr_jax / torch) "
-    "| compile s | peak RSS MB (sr_jax / torch) | load |",
+    "| model | task | unit | sr_jax | torch (format) | ratio | sr_jax GFLOP/s "
+    "| fraction of peak (sr_jax / torch) | compile s | peak RSS MB (sr_jax / torch) | load |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     torch_cell = f"{_fmt(r['torch_per_s'])} ({r['torch_format']})" if r["torch_per_s"] else "—"
+    fractions = f"{_fmt(r['fraction_of_peak'], '.2f')} / {_fmt(r['torch_fraction_of_peak'], '.2f')}"
+    rss = f"{_fmt(r['sr_jax_peak_rss_mb'], '.0f')} / {_fmt(r['torch_peak_rss_mb'], '.0f')}"
     lines.append(
       f"| {r['model']} | {r['task']} | {r['unit']} | {_fmt(r['sr_jax_per_s'])} | {torch_cell} | "
-      f"{_fmt(r['ratio'], '.2f')} | {_fmt(r['sr_jax_gflops_per_s'], '.0f')} | "
-      f"{_fmt(r['fraction_of_peak'], '.2f')} / {_fmt(r['torch_fraction_of_peak'], '.2f')} | "
-      f"{_fmt(r['compile_s'], '.1f')} | {_fmt(r['sr_jax_peak_rss_mb'], '.0f')} / {_fmt(r['torch_peak_rss_mb'], '.0f')} | "
+      f"{_fmt(r['ratio'], '.2f')} | {_fmt(r['sr_jax_gflops_per_s'], '.0f')} | {fractions} | "
+      f"{_fmt(r['compile_s'], '.1f')} | {rss} | "
       f"{r['load_avg_start']:.1f}–{r['load_avg_end']:.1f} |"
     )
   lines += ["", "Settings per model:", ""]
   for model in dict.fromkeys(r["model"] for r in rows):
-    lines.append(
-      f"- `{model}`: {specs.SPECS[model].note}; infer: one {specs.SPECS[model].infer_size}² LR image"
-    )
+    spec = specs.SPECS[model]
+    lines.append(f"- `{model}`: {spec.note}; infer: one {spec.infer_size}² LR image")
   for error in header.get("errors", []):
     lines.append(
       f"- FAILED `{error['model']}` {error['task']}: {error['error'].strip().splitlines()[-1]}"

@@ -6,12 +6,8 @@ framework workers read the same settings.
 
 import dataclasses
 import importlib
-import os
-import sys
 
 import ml_collections
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +55,13 @@ SPECS = {
   ),
   "realesrgan_compact": Spec(
     "finetune_realesrgan_compact_x4",
-    {"model.pretrained": "", "data.patch_size": 48, "train.batch_size": 16},
+    {"model.weights": "", "data.patch_size": 48, "train.batch_size": 16},
     256,
     "SRVGGNetCompact x4 (16 convs, 64 ch, PReLU); batch 16 x 48x48 LR",
   ),
   "rrdbnet": Spec(
     "finetune_realesrgan_x4plus",
-    {"model.pretrained": "", "data.patch_size": 24, "train.batch_size": 4},
+    {"model.weights": "", "data.patch_size": 24, "train.batch_size": 4},
     64,
     "RRDBNet x4 (23 RRDB, RealESRGAN_x4plus); small sizes: batch 4 x 24x24 LR, "
     "inference 64x64 (it is ~9x EDSR-baseline's compute per pixel)",
@@ -74,8 +70,8 @@ SPECS = {
   "edsr_tiny": Spec(
     "default",
     {
-      "model.num_features": 8,
-      "model.num_blocks": 1,
+      "model.num_feat": 8,
+      "model.num_block": 1,
       "data.scale": 2,
       "data.patch_size": 8,
       "train.batch_size": 4,
@@ -94,10 +90,13 @@ DEFAULT_MODELS = (
 
 
 def _set(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """config[key] = value for a dotted key the config already has (a renamed key fails here)."""
   *parents, leaf = key.split(".")
   node = config
   for parent in parents:
     node = node[parent]
+  if leaf not in node:
+    raise KeyError(f"benchmark override {key!r}: the config has no such key")
   node[leaf] = value
 
 
@@ -115,7 +114,7 @@ def config_for(model: str) -> ml_collections.ConfigDict:
 def torch_settings(model: str) -> dict:
   """Plain-data settings the PyTorch side needs to build the same network and step."""
   config = config_for(model)
-  if config.get("loss") and config.loss.get("feature_weight"):
+  if config.loss.feature_weight:
     raise ValueError(f"{model}: the PyTorch reference step has an L1 loss only")
   return {
     "arch": config.model.name,
@@ -130,5 +129,5 @@ def torch_settings(model: str) -> dict:
     "weight_decay": config.optim.weight_decay,
     "grad_clip_norm": config.optim.grad_clip_norm,
     "ema_decay": config.train.ema_decay,
-    "encoder_lr_mult": config.optim.get("encoder_lr_mult", 1.0),
+    "encoder_lr_mult": config.optim.encoder_lr_mult,
   }

@@ -9,16 +9,13 @@ the host through the network in inference mode, the SR image back on the host.
 """
 
 import argparse
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import protocol
 import torch
-import torch_reference
+
+from sr_jax.testing import torch_reference
 
 _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _current = {}
@@ -84,6 +81,16 @@ def peak_matmul(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -
   return {"torch": best}
 
 
+def param_groups(net: torch.nn.Module, lr: float, encoder_lr_mult: float) -> list[dict]:
+  """AdamW parameter groups: the encoder gets `encoder_lr_mult` times the rate (as sr_jax.optim)."""
+  encoder = [p for n, p in net.named_parameters() if n.startswith("encoder.")]
+  rest = [p for n, p in net.named_parameters() if not n.startswith("encoder.")]
+  groups = [{"params": rest, "lr": lr}]
+  if encoder:
+    groups.append({"params": encoder, "lr": lr * encoder_lr_mult})
+  return groups
+
+
 def _images(batch: int, size: int, rng: np.random.Generator) -> torch.Tensor:
   x = torch.from_numpy(rng.random((batch, 3, size, size), np.float32)).to(_DEVICE)
   return x.contiguous(memory_format=_FORMAT)
@@ -95,7 +102,7 @@ def _setup_train(settings: dict) -> dict:
   params = [p for p in net.parameters() if p.requires_grad]
   ema = [p.detach().clone() for p in params]
   optimizer = torch.optim.AdamW(
-    torch_reference.param_groups(net, settings["learning_rate"], settings["encoder_lr_mult"]),
+    param_groups(net, settings["learning_rate"], settings["encoder_lr_mult"]),
     betas=(settings["b1"], settings["b2"]),
     weight_decay=settings["weight_decay"],
   )

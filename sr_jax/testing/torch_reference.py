@@ -1,17 +1,20 @@
-"""PyTorch reference networks for the speed comparison (benchmarks only; sr_jax never imports torch).
+"""PyTorch reference networks, shared by the parity tests and the speed benchmarks.
 
-Each mirrors its sr_jax twin layer for layer, so both frameworks do the same arithmetic:
+Imports torch (and, for `ResNetFeatures`, torchvision) at import time: only tests and
+benchmarks import this module; the sr_jax library never does, so it runs without torch.
+
+Each network mirrors its sr_jax twin layer for layer, with the parameter names of the official
+code, so `sr_jax.models.load_pretrained_sr` loads a `state_dict()` saved from it:
 - `EDSR`: BasicSR's EDSR (sr_jax.models.edsr.EDSR with bicubic_residual=False).
-- `RRDBNet`: BasicSR's RRDBNet (scale 4 trunk: no pixel unshuffle).
+- `RRDBNet`: BasicSR's RRDBNet (x4; x2 / x1 read a pixel-unshuffled input).
 - `SRVGGNetCompact`: Real-ESRGAN's compact net (PReLU / ReLU / LeakyReLU body, pixel shuffle,
   nearest-upsampled input added).
-- `UNetSR`: sr_jax.models.unet.UNetSR with a torchvision ResNet encoder or an EfficientNet-Lite0
-  encoder written here (the same blocks as sr_jax.backbones.efficientnet_lite). Differences that do
-  not change the work: stride-2 convs pad symmetrically (k // 2) instead of TF "SAME" (same output
-  sizes), the bicubic residual uses PyTorch's Keys a=-0.75 kernel (sr_jax: a=-0.5), and inputs
-  are assumed to be multiples of 32 (no reflective padding; all benchmark sizes are).
-Weights are random: the benchmark measures speed. `build(arch, model, scale)` takes the sr_jax
-config's `model` keys, so the two sides are built from one config.
+- `UNetSR`: sr_jax.models.unet.UNetSR with a torchvision ResNet encoder or the EfficientNet-Lite0
+  encoder below (the blocks of sr_jax.backbones.efficientnet_lite). For speed only, not parity:
+  stride-2 convs pad symmetrically (k // 2) instead of TF "SAME" (same output sizes), the bicubic
+  residual uses PyTorch's Keys a=-0.75 kernel (sr_jax: a=-0.5), and inputs must be multiples of
+  32 (no reflective padding).
+`build(arch, model, scale)` makes the network of an sr_jax config's `model.name` and `model` keys.
 """
 
 import torch
@@ -61,7 +64,9 @@ class EDSR(nn.Module):
   ):
     super().__init__()
     self.img_range = img_range
-    self.register_buffer("mean", torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1))
+    # Not in the state dict, as in BasicSR (a plain tensor there); a buffer so `.to()` moves it.
+    mean = torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1)
+    self.register_buffer("mean", mean, persistent=False)
     self.conv_first = conv3x3(3, num_feat)
     self.body = nn.Sequential(*[ResidualBlockNoBN(num_feat, res_scale) for _ in range(num_block)])
     self.conv_after_body = conv3x3(num_feat, num_feat)
@@ -81,14 +86,20 @@ class EDSR(nn.Module):
 class ResidualDenseBlock(nn.Module):
   def __init__(self, num_feat: int, num_grow_ch: int):
     super().__init__()
-    self.convs = nn.ModuleList([conv3x3(num_feat + i * num_grow_ch, num_grow_ch) for i in range(4)])
+    self.conv1 = conv3x3(num_feat, num_grow_ch)
+    self.conv2 = conv3x3(num_feat + num_grow_ch, num_grow_ch)
+    self.conv3 = conv3x3(num_feat + 2 * num_grow_ch, num_grow_ch)
+    self.conv4 = conv3x3(num_feat + 3 * num_grow_ch, num_grow_ch)
     self.conv5 = conv3x3(num_feat + 4 * num_grow_ch, num_feat)
+    self.lrelu = nn.LeakyReLU(negative_slope=0.2)
 
   def forward(self, x):
-    features = [x]
-    for conv in self.convs:
-      features.append(F.leaky_relu(conv(torch.cat(features, 1)), 0.2))
-    return self.conv5(torch.cat(features, 1)) * 0.2 + x
+    x1 = self.lrelu(self.conv1(x))
+    x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+    x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+    x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+    x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+    return x5 * 0.2 + x
 
 
 class RRDB(nn.Module):
@@ -102,23 +113,32 @@ class RRDB(nn.Module):
     return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
 
 
+# RRDBNet's LR input: pixel-unshuffled by this factor for each scale (x2: 12, x1: 48 channels).
+RRDB_UNSHUFFLE = {4: 1, 2: 2, 1: 4}
+
+
 class RRDBNet(nn.Module):
-  def __init__(self, num_feat: int = 64, num_block: int = 23, num_grow_ch: int = 32):
+  def __init__(
+    self, scale: int = 4, num_feat: int = 64, num_block: int = 23, num_grow_ch: int = 32
+  ):
     super().__init__()
-    self.conv_first = conv3x3(3, num_feat)
+    self.scale = scale
+    self.conv_first = conv3x3(3 * RRDB_UNSHUFFLE[scale] ** 2, num_feat)
     self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
     self.conv_body = conv3x3(num_feat, num_feat)
     self.conv_up1 = conv3x3(num_feat, num_feat)
     self.conv_up2 = conv3x3(num_feat, num_feat)
     self.conv_hr = conv3x3(num_feat, num_feat)
     self.conv_last = conv3x3(num_feat, 3)
+    self.lrelu = nn.LeakyReLU(negative_slope=0.2)
 
   def forward(self, x):
-    feat = self.conv_first(x)
+    feat = F.pixel_unshuffle(x, RRDB_UNSHUFFLE[self.scale]) if self.scale != 4 else x
+    feat = self.conv_first(feat)
     feat = feat + self.conv_body(self.body(feat))
-    feat = F.leaky_relu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
-    feat = F.leaky_relu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
-    return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
+    feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+    feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+    return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
 
 # SRVGGNetCompact (Real-ESRGAN realesrgan/archs/srvgg_arch.py).
@@ -126,30 +146,31 @@ class RRDBNet(nn.Module):
 
 class SRVGGNetCompact(nn.Module):
   def __init__(
-    self, upscale: int = 4, num_feat: int = 64, num_conv: int = 16, act_type: str = "prelu"
+    self, num_feat: int = 64, num_conv: int = 16, upscale: int = 4, act_type: str = "prelu"
   ):
     super().__init__()
     activation = {
       "prelu": lambda: nn.PReLU(num_parameters=num_feat),
       "relu": nn.ReLU,
-      "leakyrelu": lambda: nn.LeakyReLU(0.1),
+      "leakyrelu": lambda: nn.LeakyReLU(negative_slope=0.1),
     }[act_type]
     self.upscale = upscale
-    layers = [conv3x3(3, num_feat), activation()]
+    self.body = nn.ModuleList([conv3x3(3, num_feat), activation()])
     for _ in range(num_conv):
-      layers += [conv3x3(num_feat, num_feat), activation()]
-    layers.append(conv3x3(num_feat, 3 * upscale * upscale))
-    self.body = nn.Sequential(*layers)
+      self.body.extend([conv3x3(num_feat, num_feat), activation()])
+    self.body.append(conv3x3(num_feat, 3 * upscale * upscale))
     self.upsampler = nn.PixelShuffle(upscale)
 
   def forward(self, x):
-    out = self.upsampler(self.body(x))
-    return out + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+    out = x
+    for layer in self.body:
+      out = layer(out)
+    return self.upsampler(out) + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
 
 
 # EfficientNet-Lite0 (as sr_jax.backbones.efficientnet_lite; lukemelas-style blocks, no SE).
 
-LITE0_STAGES = (
+LITE0_STAGES = (  # repeats, kernel, stride, expansion, in, out
   (1, 3, 1, 1, 32, 16),
   (2, 3, 2, 6, 16, 24),
   (2, 5, 2, 6, 24, 40),
@@ -290,8 +311,8 @@ class UNetSR(nn.Module):
     channels = tuple(encoder.feature_channels)
     self.scale = scale
     self.encoder = encoder
-    self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-    self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+    self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
     skips = (*channels[:4][::-1], shallow_features)
     widths = (channels[4], *decoder_features[:-1])
     self.decoder = nn.ModuleList(
@@ -316,7 +337,7 @@ class UNetSR(nn.Module):
     return y + F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
 
   def train(self, mode: bool = True):
-    """Trains everything, but the encoder's BatchNorm keeps its running statistics (freeze_bn=True)."""
+    """Trains everything, but the encoder's BatchNorm keeps its running statistics (freeze_bn)."""
     super().train(mode)
     for module in self.encoder.modules():
       if isinstance(module, nn.BatchNorm2d):
@@ -325,44 +346,24 @@ class UNetSR(nn.Module):
 
 
 def build(arch: str, model: dict, scale: int) -> nn.Module:
-  """The reference network for sr_jax's `model.name` = `arch` and its `model` config keys."""
+  """The reference network of an sr_jax config: `arch` = `model.name`, `model` = the `model`
+  block as a dict (`config.model.to_dict()`), `scale` = `data.scale`. Random weights."""
   if arch == "edsr":
-    if model.get("bicubic_residual"):
+    if model["bicubic_residual"]:
       raise ValueError("the torch EDSR reference has no bicubic_residual variant")
-    return EDSR(
-      scale, model.get("num_features", 64), model.get("num_blocks", 16), model.get("res_scale", 1.0)
-    )
+    return EDSR(scale, model["num_feat"], model["num_block"], model["res_scale"])
   if arch == "rrdbnet":
-    if scale != 4:
-      raise ValueError("the torch RRDBNet reference is the x4 trunk only")
-    return RRDBNet(
-      model.get("num_feat", 64), model.get("num_block", 23), model.get("num_grow_ch", 32)
-    )
+    return RRDBNet(scale, model["num_feat"], model["num_block"], model["num_grow_ch"])
   if arch == "srvgg_compact":
-    return SRVGGNetCompact(
-      model.get("upscale", scale),
-      model.get("num_feat", 64),
-      model.get("num_conv", 16),
-      model.get("act_type", "prelu"),
-    )
+    return SRVGGNetCompact(model["num_feat"], model["num_conv"], scale, model["act_type"])
   if arch == "unet":
     name = model["encoder"]["name"]
     encoder = EfficientNetLite0Features() if name == "efficientnet_lite0" else ResNetFeatures(name)
     return UNetSR(
       scale,
       encoder,
-      tuple(model.get("decoder_features", (256, 128, 64, 64, 32))),
-      model.get("shallow_features", 32),
-      model.get("skip_norm", True),
+      tuple(model["decoder_features"]),
+      model["shallow_features"],
+      model["skip_norm"],
     )
   raise ValueError(f"no torch reference for model.name={arch!r}")
-
-
-def param_groups(net: nn.Module, lr: float, encoder_lr_mult: float) -> list[dict]:
-  """Adam parameter groups: a pretrained encoder gets `encoder_lr_mult` times the rate (sr_jax.optim)."""
-  encoder = [p for n, p in net.named_parameters() if n.startswith("encoder.")]
-  rest = [p for n, p in net.named_parameters() if not n.startswith("encoder.")]
-  groups = [{"params": rest, "lr": lr}]
-  if encoder:
-    groups.append({"params": encoder, "lr": lr * encoder_lr_mult})
-  return groups
