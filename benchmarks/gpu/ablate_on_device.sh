@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sr_jax_gpu_out}
 mkdir -p "$OUT/gpu_ablate"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+# sr_jax and configs from this checkout (not pip-installed there), after the wheels.
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export TEMPORARILY_DISABLE_PROTOBUF_VERSION_CHECK=true
 {
   timeout -s INT 110 python3 benchmarks/ablate.py --out="$OUT/gpu_ablate/r34" --models=unet_resnet34 --tasks=train \

@@ -29,7 +29,8 @@ BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-400}  # leaves ~1 min of a 480 s call for the
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed" | tee -a "$OUT/gpu/env.txt"; exit 1; }
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# sr_jax and configs from this checkout (not pip-installed on the machine), after the wheels.
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 # JAX would otherwise take 75% of the GPU at start; the benchmark's three worker processes (JAX,
 # torch channels_last, torch contiguous) share the one GPU. run.py sets this default too.
@@ -52,8 +53,8 @@ try:
         "cudnn", torch.backends.cudnn.version())
 except Exception as e:  # Reported, not fatal: the torch side then runs on CPU or fails in its worker.
   print("TORCH SEES NO GPU:", repr(e))
-sys.path[:0] = ["benchmarks", "."]
-import jax_worker  # the whole sr_jax import chain, before the benchmark starts
+# The workers' whole sr_jax import chain, before the benchmark starts.
+import sr_jax.inference, sr_jax.testing.torch_reference, sr_jax.tiling, sr_jax.train
 assert jax.devices()[0].platform == "gpu", "JAX sees no GPU"
 print(f"imports and device checks: {time.perf_counter() - start:.1f} s")
 EOF
