@@ -107,6 +107,7 @@ class Trainer(NamedTuple):
   graphdef: nnx.GraphDef
   state: TrainState  # concrete, or abstract (ShapeDtypeStructs) to restore a checkpoint into
   step: StepFn  # jitted; donates the state it is given
+  predictor: Callable[[TrainState], evaluate.PredictFn]  # state -> full-image SR
 
 
 def create_trainer(
@@ -131,23 +132,23 @@ def create_trainer(
     donate_argnums=(0,),
     out_shardings=(sharding.state_shardings(state, mesh), sharding.replicated(mesh)),
   )
-  return Trainer(graphdef, state, jitted)
+  return Trainer(graphdef, state, jitted, make_predictor(graphdef))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, params, model_state, lr):
-  return inference.forward(graphdef, (params, model_state), lr)
+def make_predictor(graphdef: nnx.GraphDef) -> Callable[[TrainState], evaluate.PredictFn]:
+  """state -> full-image SR with the state's EMA weights (params without EMA), on one device.
 
-
-def make_predictor(graphdef: nnx.GraphDef, state: TrainState) -> evaluate.PredictFn:
-  """Full-image SR with the state's EMA weights (params without EMA), on one local device.
-
-  The jitted forward is cached per graph, so it compiles once per input shape for the whole run;
-  on one device, since replicated weights would repeat the work on every device.
+  One jitted forward for the whole run (it compiles once per input shape, not once per
+  evaluation), on one local device: replicated weights would repeat the work on every device.
   """
-  weights = state.get("ema_params", state["params"])
-  params, model_state = sharding.on_one_device((weights, state["model_state"]))
-  return lambda lr: np.asarray(_forward(graphdef, params, model_state, jnp.asarray(lr)[None]))[0]
+  forward = jax.jit(functools.partial(inference.forward, graphdef))
+
+  def bind(state: TrainState) -> evaluate.PredictFn:
+    weights = state.get("ema_params", state["params"])
+    on_device = sharding.on_one_device((weights, state["model_state"]))
+    return lambda lr: np.asarray(forward(on_device, jnp.asarray(lr)[None]))[0]
+
+  return bind
 
 
 def _check_finite(history: list[dict], first_step: int) -> None:
@@ -173,7 +174,7 @@ def _load_eval_sets(config: ml_collections.ConfigDict) -> list[evaluate.EvalSet]
 
 def _evaluate(config, trainer: Trainer, state: TrainState, eval_sets) -> tuple[dict, Any]:
   """Results on every eval set, and the comparison figure of the first image."""
-  predict = make_predictor(trainer.graphdef, state)
+  predict = trainer.predictor(state)
   results = evaluate.evaluate(predict, eval_sets, config.data.scale, bucket=config.eval.bucket)
   figure = evaluate.example_figure(predict, eval_sets[0], config.data.scale, config.model.name)
   return results, figure

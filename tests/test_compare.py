@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax import compare, figures, upscale
+from sr_jax import compare, figures, inference
 from sr_jax.models.edsr import EDSR
 
 RNG = np.random.default_rng(0)
@@ -53,7 +53,7 @@ def test_cli_bicubic_and_a_model(hr_folder, tmp_path, monkeypatch, capsys):
     loaded.append(workdir or weights)
     return tiny, "edsr step 2"
 
-  monkeypatch.setattr(upscale, "load_model", fake_load_model)
+  monkeypatch.setattr(inference, "load_model", fake_load_model)
   out = tmp_path / "figures"
   assert (
     compare.main(

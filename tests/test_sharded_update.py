@@ -98,7 +98,7 @@ def test_sharded_step_equals_replicated_step(split_everything):
       assert any("data" in _spec(x) for x in jax.tree.leaves(state["ema_params"]))
       assert any("data" in _spec(x) for x in jax.tree.leaves(state["opt_state"]))
       # The predictor gathers the split EMA weights onto the device of a replicated leaf's first copy.
-      predict = train.make_predictor(graphdef, state)
+      predict = train.make_predictor(graphdef)(state)
       assert predict(batch["lr"][0]).shape == (16, 16, 3)
       one = sharding.on_one_device(state["ema_params"])
       first = jax.tree.leaves(state["params"])[0].addressable_data(0).devices()
