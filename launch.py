@@ -1,4 +1,5 @@
-"""Entry point: python launch.py --config=configs/x.py --workdir=DIR [--mode=train|eval] [--config.a.b=v]."""
+"""Entry point: python launch.py --config=configs/x.py --workdir=DIR [--mode=train|eval]
+[--config.a.b=v]."""
 
 import logging as std_logging
 

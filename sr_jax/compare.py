@@ -14,8 +14,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 from sr_jax import data, evaluate, inference, sharding, tiling
 
 

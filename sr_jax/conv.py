@@ -102,7 +102,7 @@ def _xla_kernel_grad(x, dy, kernel_shape, pads, precision):
 
 
 def _swapped_kernel_grad(x, dy, kernel_shape, pads, precision):
-  """The same gradient from the conv of `dy` that maps back onto `x`: faster for few output channels."""
+  """The same gradient from the conv of `dy` mapping back onto `x`: faster for few outputs."""
   kh, kw, c, o = kernel_shape
   swapped_pads = tuple((hi, lo) for lo, hi in pads)
   g = _xla_kernel_grad(dy, x, (kh, kw, o, c), swapped_pads, precision)
@@ -182,7 +182,8 @@ def conv_general_dilated(
   preferred_element_type=None,
   **kwargs,
 ):
-  """`lax.conv_general_dilated`, fast on CPU too (see above); for `nnx.Conv(conv_general_dilated=...)`.
+  """`lax.conv_general_dilated`, fast on CPU too (see above), for
+  `nnx.Conv(conv_general_dilated=...)`.
 
   Undilated NHWC/HWIO convs: depthwise ones become a sum of shifted images, ungrouped ones on tiny
   images become patches x matrix, stride-1 ungrouped ones that keep the image size (e.g. 3x3
@@ -251,7 +252,7 @@ def conv_general_dilated(
 
 
 def Conv(in_features: int, out_features: int, kernel_size, **kwargs) -> nnx.Conv:
-  """`nnx.Conv` whose convolution is `conv_general_dilated` above (fast on CPU, XLA's own elsewhere)."""
+  """`nnx.Conv` convolving with `conv_general_dilated` above (fast on CPU, XLA's elsewhere)."""
   return nnx.Conv(
     in_features, out_features, kernel_size, conv_general_dilated=conv_general_dilated, **kwargs
   )

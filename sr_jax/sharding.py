@@ -1,4 +1,5 @@
-"""Data parallelism over every device of every host: a 1-D ("data",) mesh, batch split, params replicated.
+"""Data parallelism over every device of every host: a 1-D ("data",) mesh, batch split,
+params replicated.
 
 On CPU, `use_every_cpu_core()` (called before JAX starts) makes each core a device, so the same
 data-parallel step spreads over the cores; one image at inference can be split by rows over the
@@ -23,7 +24,7 @@ def available_cores() -> int:
 
 
 def cpu_device_count(cores: int, batch_size: int | None = None) -> int:
-  """The largest device count up to `cores` that splits `batch_size` evenly (`cores` without one)."""
+  """The largest device count up to `cores` splitting `batch_size` evenly (`cores` without)."""
   if not batch_size:
     return cores
   return max(n for n in range(1, cores + 1) if batch_size % n == 0)
@@ -36,7 +37,8 @@ def use_every_cpu_core(num_devices: int | None = None, batch_size: int | None = 
   fills the machine (EDSR-baseline train step on 2 cores: 1.2-1.4x, benchmarks/RESULTS.md). Only
   the CPU backend is affected (GPU/TPU runs are unchanged). With `batch_size`, the count is the
   largest one up to the cores that splits the batch evenly. An explicit
-  --xla_force_host_platform_device_count in XLA_FLAGS (tests) wins. Returns the count set, 0 if none.
+  --xla_force_host_platform_device_count in XLA_FLAGS (tests) wins. Returns the count set, 0
+  if none.
   """
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return 0
@@ -105,7 +107,7 @@ def rows_split_evenly(height: int, mesh: jax.sharding.Mesh) -> bool:
   return height % mesh.devices.size == 0
 
 
-# --- ZeRO-1-style train state: optimiser moments and EMA weights split over the mesh -------------------
+# --- ZeRO-1-style train state: optimiser moments and EMA weights split over the mesh ---------
 
 # Leaves under these top-level keys of the train state are split over "data"; all others (step,
 # params, model_state, rng, loss_state) stay replicated, since the forward pass needs them whole.
@@ -117,7 +119,8 @@ MIN_SPLIT_SIZE = 2**17
 
 
 def split_axis(shape: tuple[int, ...], num_shards: int, min_size: int | None = None) -> int | None:
-  """The axis along which a leaf of `shape` is split over `num_shards` devices, or None (replicated).
+  """The axis along which a leaf of `shape` is split over `num_shards` devices, or None
+  (replicated).
 
   The first (outermost) axis divisible by `num_shards`; None for one shard, for a leaf under
   `min_size` (default `MIN_SPLIT_SIZE`) elements or with no such axis. Outermost rather than
@@ -135,7 +138,7 @@ def split_axis(shape: tuple[int, ...], num_shards: int, min_size: int | None = N
 def split_sharding(
   shape: tuple[int, ...], mesh: jax.sharding.Mesh, min_size: int | None = None
 ) -> jax.NamedSharding:
-  """`shape` split along `split_axis` over the "data" axis of `mesh` (replicated if not splittable)."""
+  """`shape` split along `split_axis` over the "data" axis of `mesh` (else replicated)."""
   axis = split_axis(tuple(shape), mesh.shape[DATA_AXIS], min_size)
   if axis is None:
     return replicated(mesh)

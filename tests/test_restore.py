@@ -46,7 +46,7 @@ def _run(*args, timeout=400):
 
 @pytest.fixture(scope="module")
 def unet_workdir(tmp_path_factory):
-  """A U-Net fine-tuned 2 steps from a copy of the EfficientNet-Lite0 file, which is then deleted."""
+  """A U-Net fine-tuned 2 steps from a copy of the EfficientNet-Lite0 file, then deleted."""
   tmp = tmp_path_factory.mktemp("unet_run")
   encoder_file = tmp / "lite0.pth"
   shutil.copy(registry.resolve("efficientnet_lite0"), encoder_file)

@@ -1,4 +1,5 @@
-"""ZeRO-1 train state: the split rule, sharded step == replicated step, checkpoints across layouts."""
+"""ZeRO-1 train state: the split rule, sharded step == replicated step, checkpoints across
+layouts."""
 
 import shutil
 
@@ -97,7 +98,8 @@ def test_sharded_step_equals_replicated_step(split_everything):
       assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state["params"]))
       assert any("data" in _spec(x) for x in jax.tree.leaves(state["ema_params"]))
       assert any("data" in _spec(x) for x in jax.tree.leaves(state["opt_state"]))
-      # The predictor gathers the split EMA weights onto the device of a replicated leaf's first copy.
+      # The predictor gathers the split EMA weights onto the device of a replicated leaf's
+      # first copy.
       predict = train.make_predictor(graphdef)(state)
       assert predict(batch["lr"][0]).shape == (16, 16, 3)
       one = sharding.on_one_device(state["ema_params"])
@@ -151,7 +153,8 @@ def test_checkpoint_restores_across_layouts(tmp_path, split_everything, saved_sp
 
 
 def test_train_and_evaluate_resumes_split_state_exactly(tmp_path, split_everything):
-  """train_and_evaluate with the split layout; resuming from its step-2 checkpoint ends bit-for-bit equal."""
+  """train_and_evaluate with the split layout; resuming from its step-2 checkpoint ends
+  bit-for-bit equal."""
   config = tiny_config(**{"train.steps": 4, "train.keep_checkpoints": 5})
   full, resumed = tmp_path / "full", tmp_path / "resumed"
   final = train.train_and_evaluate(config, str(full))

@@ -171,7 +171,8 @@ def test_unet_is_registered():
 
 def test_scratch_encoder_trains_on_batch_statistics():
   # No ImageNet statistics to keep: a scratch encoder's BatchNorm normalises with batch statistics
-  # (and updates its running ones); frozen identity statistics would leave it with vanishing features.
+  # (and updates its running ones); frozen identity statistics would leave it with vanishing
+  # features.
   config = tiny_unet_config(None)
   initial, trained = _train_states(config, 1)
   stats_before, stats_after = initial["model_state"]["encoder"], trained["model_state"]["encoder"]
