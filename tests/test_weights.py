@@ -178,7 +178,7 @@ def test_convert_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_convert_library_raises_instead_of_exiting(tmp_path):
-  from sr_jax.weights.convert import convert
+  from sr_jax.models.convert import convert
 
   with pytest.raises(FileNotFoundError, match="missing.pth"):
     convert(str(tmp_path / "missing.pth"), str(tmp_path / "out.safetensors"))

@@ -5,7 +5,7 @@ SRC: a file or registry name (torchvision/timm `.pth`, a PyTorch `.safetensors`,
 NNX-layout arrays with sr_jax metadata, loadable with `create_backbone(arch, weights=DST)` or
 `load_pretrained_sr(DST)`. The architecture is detected from the file (or given with `--arch`)
 and the result is checked by loading it strictly; `--arch=none` converts layouts generically (any
-PyTorch model) without that check. Prints one summary line. Library: `sr_jax.weights.convert`.
+PyTorch model) without that check. Prints one summary line. Library: `sr_jax.models.convert`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import pickle
 import sys
 
-from sr_jax.weights import convert as convert_lib
+from sr_jax.models import convert as convert_lib
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,8 @@ hyperparameters, so loading it needs no detection. The architecture is detected 
 the result is checked by loading it strictly into an abstract model of that architecture;
 `arch="none"` converts layouts generically (any PyTorch model) without that check.
 
-This is the one module of `sr_jax.weights` that knows the architectures (it imports
-`sr_jax.backbones` and `sr_jax.models.pretrained`); the rest of the package does not, and
-`sr_jax.weights` does not import it.
+It lives in `models/` because it needs the architectures (backbones and SR networks); the file
+formats it reads and writes are `sr_jax.weights`'.
 """
 
 from __future__ import annotations
