@@ -1,3 +1,3 @@
 """sr_jax: image super-resolution by transfer learning, in JAX/Flax."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -42,11 +42,17 @@ _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(
-  in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *, rngs: nnx.Rngs
+  in_features: int,
+  out_features: int,
+  kernel: int,
+  stride: int = 1,
+  groups: int = 1,
+  *,
+  rngs: nnx.Rngs,
 ) -> nnx.Conv:
   return Conv(
-    in_ch,
-    out_ch,
+    in_features,
+    out_features,
     (kernel, kernel),
     strides=stride,
     padding="SAME",
@@ -67,16 +73,23 @@ class MBConvBlock(nnx.Module):
   conv_bn_pairs = (("expand_conv", "bn0"), ("depthwise_conv", "bn1"), ("project_conv", "bn2"))
 
   def __init__(
-    self, in_ch: int, out_ch: int, kernel: int, stride: int, expand_ratio: int, *, rngs: nnx.Rngs
+    self,
+    in_features: int,
+    out_features: int,
+    kernel: int,
+    stride: int,
+    expand_ratio: int,
+    *,
+    rngs: nnx.Rngs,
   ):
-    mid = in_ch * expand_ratio
-    self.expand_conv = _conv(in_ch, mid, 1, rngs=rngs) if expand_ratio != 1 else None
+    mid = in_features * expand_ratio
+    self.expand_conv = _conv(in_features, mid, 1, rngs=rngs) if expand_ratio != 1 else None
     self.bn0 = _bn(mid, rngs) if expand_ratio != 1 else None
     self.depthwise_conv = _conv(mid, mid, kernel, stride, groups=mid, rngs=rngs)
     self.bn1 = _bn(mid, rngs)
-    self.project_conv = _conv(mid, out_ch, 1, rngs=rngs)
-    self.bn2 = _bn(out_ch, rngs)
-    self.residual = stride == 1 and in_ch == out_ch
+    self.project_conv = _conv(mid, out_features, 1, rngs=rngs)
+    self.bn2 = _bn(out_features, rngs)
+    self.residual = stride == 1 and in_features == out_features
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = x
@@ -103,11 +116,16 @@ class EfficientNetLite(nnx.Module):
     self.conv_stem = _conv(3, 32, 3, 2, rngs=rngs)
     self.bn0 = _bn(32, rngs)
     blocks = []
-    for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
+    for repeats, kernel, stride, expand, in_features, out_features in LITE0_STAGES:
       for r in range(repeats):
         blocks.append(
           MBConvBlock(
-            in_ch if r == 0 else out_ch, out_ch, kernel, stride if r == 0 else 1, expand, rngs=rngs
+            in_features if r == 0 else out_features,
+            out_features,
+            kernel,
+            stride if r == 0 else 1,
+            expand,
+            rngs=rngs,
           )
         )
     self.blocks = nnx.List(blocks)

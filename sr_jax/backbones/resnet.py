@@ -24,11 +24,13 @@ _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _linear_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(
+  in_features: int, out_features: int, kernel: int, stride: int, rngs: nnx.Rngs
+) -> nnx.Conv:
   pad = kernel // 2  # torchvision pads symmetrically (not TF "SAME")
   return Conv(
-    in_ch,
-    out_ch,
+    in_features,
+    out_features,
     (kernel, kernel),
     strides=stride,
     padding=((pad, pad), (pad, pad)),
@@ -43,11 +45,13 @@ def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(channels, use_running_average=True, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
-def _downsample(in_ch: int, out_ch: int, stride: int, rngs: nnx.Rngs) -> nnx.List | None:
-  if stride == 1 and in_ch == out_ch:
+def _downsample(
+  in_features: int, out_features: int, stride: int, rngs: nnx.Rngs
+) -> nnx.List | None:
+  if stride == 1 and in_features == out_features:
     return None
   # A list (not named attributes) so keys read `downsample.0/1` exactly as in torchvision.
-  return nnx.List([_conv(in_ch, out_ch, 1, stride, rngs), _bn(out_ch, rngs)])
+  return nnx.List([_conv(in_features, out_features, 1, stride, rngs), _bn(out_features, rngs)])
 
 
 def _shortcut(downsample: nnx.List | None, x: jax.Array) -> jax.Array:
@@ -60,12 +64,12 @@ class BasicBlock(nnx.Module):
   expansion = 1
   conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("downsample.0", "downsample.1"))
 
-  def __init__(self, in_ch: int, channels: int, stride: int, *, rngs: nnx.Rngs):
-    self.conv1 = _conv(in_ch, channels, 3, stride, rngs)
+  def __init__(self, in_features: int, channels: int, stride: int, *, rngs: nnx.Rngs):
+    self.conv1 = _conv(in_features, channels, 3, stride, rngs)
     self.bn1 = _bn(channels, rngs)
     self.conv2 = _conv(channels, channels, 3, 1, rngs)
     self.bn2 = _bn(channels, rngs)
-    self.downsample = _downsample(in_ch, channels, stride, rngs)
+    self.downsample = _downsample(in_features, channels, stride, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -84,15 +88,15 @@ class Bottleneck(nnx.Module):
     ("downsample.0", "downsample.1"),
   )
 
-  def __init__(self, in_ch: int, channels: int, stride: int, *, rngs: nnx.Rngs):
-    out_ch = channels * self.expansion
-    self.conv1 = _conv(in_ch, channels, 1, 1, rngs)
+  def __init__(self, in_features: int, channels: int, stride: int, *, rngs: nnx.Rngs):
+    out_features = channels * self.expansion
+    self.conv1 = _conv(in_features, channels, 1, 1, rngs)
     self.bn1 = _bn(channels, rngs)
     self.conv2 = _conv(channels, channels, 3, stride, rngs)
     self.bn2 = _bn(channels, rngs)
-    self.conv3 = _conv(channels, out_ch, 1, 1, rngs)
-    self.bn3 = _bn(out_ch, rngs)
-    self.downsample = _downsample(in_ch, out_ch, stride, rngs)
+    self.conv3 = _conv(channels, out_features, 1, 1, rngs)
+    self.bn3 = _bn(out_features, rngs)
+    self.downsample = _downsample(in_features, out_features, stride, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -141,23 +145,23 @@ class ResNet(nnx.Module):
       rngs=rngs,
     )
     self.bn1 = _bn(64, rngs)
-    in_ch = 64
+    in_features = 64
     for index, (count, channels) in enumerate(zip(layers, (64, 128, 256, 512))):
       stride = 1 if index == 0 else 2
       blocks = []
       for b in range(count):
-        blocks.append(block(in_ch, channels, stride if b == 0 else 1, rngs=rngs))
-        in_ch = channels * block.expansion
+        blocks.append(block(in_features, channels, stride if b == 0 else 1, rngs=rngs))
+        in_features = channels * block.expansion
       setattr(self, f"layer{index + 1}", nnx.List(blocks))
-    self.num_features = in_ch
+    self.num_features = in_features
     self.feature_channels = (64, *(c * block.expansion for c in (64, 128, 256, 512)))
     self.feature_strides = (2, 4, 8, 16, 32)
     self.fc = (
       nnx.Linear(
-        in_ch,
+        in_features,
         num_classes,
         kernel_init=_linear_init,
-        bias_init=_fan_in_uniform_bias(in_ch),
+        bias_init=_fan_in_uniform_bias(in_features),
         rngs=rngs,
       )
       if head
