@@ -17,7 +17,7 @@ from sr_jax.models import load_pretrained_sr, pretrained
 from sr_jax.models.pretrained import build_from_config, load_sr_weights, ncnn_wheel_dir
 from sr_jax.models.realesrgan import RRDBNet, SRVGGNetCompact, resize_bicubic_ncnn
 from sr_jax.weights import merge, registry
-from sr_jax.weights.convert import convert
+from sr_jax.models.convert import convert
 from sr_jax.weights.merge import StateMismatchError
 from sr_jax.weights.ncnn import NcnnFormatError, read_ncnn
 
@@ -135,80 +135,11 @@ def test_resize_bicubic_ncnn_is_keys_cubic_with_edge_replication():
 
 
 def torch_reference_modules():
-  """RRDBNet (BasicSR) and SRVGGNetCompact (Real-ESRGAN), transcribed from the official code."""
+  """RRDBNet (BasicSR) and SRVGGNetCompact (Real-ESRGAN) of the shared PyTorch reference."""
   torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
-  nn, F = torch.nn, torch.nn.functional
+  from sr_jax.testing import torch_reference  # imports torch: only once torch is known present
 
-  class ResidualDenseBlock(nn.Module):
-    def __init__(self, num_feat, num_grow_ch):
-      super().__init__()
-      self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
-      self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
-      self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
-      self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
-      self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
-      self.lrelu = nn.LeakyReLU(negative_slope=0.2)
-
-    def forward(self, x):
-      x1 = self.lrelu(self.conv1(x))
-      x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
-      x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
-      x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
-      x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
-      return x5 * 0.2 + x
-
-  class RRDB(nn.Module):
-    def __init__(self, num_feat, num_grow_ch):
-      super().__init__()
-      self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
-      self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
-      self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
-
-    def forward(self, x):
-      return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
-
-  class TorchRRDBNet(nn.Module):
-    def __init__(self, scale, num_feat, num_block, num_grow_ch):
-      super().__init__()
-      self.scale = scale
-      num_in_ch = {4: 3, 2: 12, 1: 48}[scale]
-      self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-      self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
-      self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-      self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-      self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-      self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-      self.conv_last = nn.Conv2d(num_feat, 3, 3, 1, 1)
-      self.lrelu = nn.LeakyReLU(negative_slope=0.2)
-
-    def forward(self, x):
-      feat = F.pixel_unshuffle(x, {4: 1, 2: 2, 1: 4}[self.scale]) if self.scale != 4 else x
-      feat = self.conv_first(feat)
-      feat = feat + self.conv_body(self.body(feat))
-      feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
-      feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
-      return self.conv_last(self.lrelu(self.conv_hr(feat)))
-
-  class TorchSRVGGNetCompact(nn.Module):
-    def __init__(self, num_feat, num_conv, upscale):
-      super().__init__()
-      self.upscale = upscale
-      self.body = nn.ModuleList(
-        [nn.Conv2d(3, num_feat, 3, 1, 1), nn.PReLU(num_parameters=num_feat)]
-      )
-      for _ in range(num_conv):
-        self.body.append(nn.Conv2d(num_feat, num_feat, 3, 1, 1))
-        self.body.append(nn.PReLU(num_parameters=num_feat))
-      self.body.append(nn.Conv2d(num_feat, 3 * upscale * upscale, 3, 1, 1))
-      self.upsampler = nn.PixelShuffle(upscale)
-
-    def forward(self, x):
-      out = x
-      for layer in self.body:
-        out = layer(out)
-      return self.upsampler(out) + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
-
-  return torch, TorchRRDBNet, TorchSRVGGNetCompact
+  return torch, torch_reference.RRDBNet, torch_reference.SRVGGNetCompact
 
 
 def save_random_pth(torch, module, path, key="params_ema"):
