@@ -14,10 +14,10 @@ import skimage.data
 
 from sr_jax import metrics, models
 from sr_jax.models import load_pretrained_sr, pretrained
+from sr_jax.models.convert import convert
 from sr_jax.models.pretrained import build_from_config, load_sr_weights, ncnn_wheel_dir
 from sr_jax.models.realesrgan import RRDBNet, SRVGGNetCompact, resize_bicubic_ncnn
 from sr_jax.weights import merge, registry
-from sr_jax.models.convert import convert
 from sr_jax.weights.merge import StateMismatchError
 from sr_jax.weights.ncnn import NcnnFormatError, read_ncnn
 
