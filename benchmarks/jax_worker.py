@@ -22,7 +22,7 @@ import numpy as np
 import protocol
 import specs
 
-from sr_jax import conv, inference, losses, models, optim, sharding, tiling, train
+from sr_jax import conv, inference, models, sharding, tiling, train
 
 _current = {}  # the model under test: its timer and compiled program
 _OPTIONS = {"infer_over": "rows"}  # set from the command line
@@ -152,14 +152,11 @@ def _param_count(params) -> int:
 def _train_flops(config, trainer: train.Trainer, batch: dict) -> float | None:
   """FLOPs of the train step with plain lax convs (`_lax_conv_graphdef`), from the library's step
   builder; only lowered, never run."""
-  schedule, tx = optim.from_config(config)
-  loss, _ = losses.create_loss(config.loss, load_weights=False)
   state = trainer.state
   graphdef = _lax_conv_graphdef(
     trainer.graphdef, state["params"], state["model_state"], filters=(nnx.Param, ...)
   )
-  step = train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss)
-  return _flops(jax.jit(step), state, batch)
+  return _flops(jax.jit(train.make_step_fn(config, graphdef)), state, batch)
 
 
 def _setup_train(model: str) -> dict:
@@ -282,8 +279,8 @@ def use_conv_grad(which: str) -> None:
   "depthwise_everywhere": only that one rewrite). Call before any network is built."""
   everywhere = ("cpu", "cuda", "rocm", "tpu")
   platforms = dict(conv.REWRITE_PLATFORMS)
-  if which == "xla":  # conv.Conv passes this function to every nnx.Conv it builds
-    conv.conv_general_dilated = lax.conv_general_dilated
+  if which == "xla":  # every conv XLA's own
+    platforms = dict.fromkeys(platforms, ())
   if which == "tiny":  # the kernel gradient of XLA's own conv on every platform
     platforms["kernel_grad_by_image"] = ()
   if which == "everywhere":

@@ -28,8 +28,9 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 #   forward runs at 200-300). Summing it image by image is 1.4-4x faster.
 # GPU and TPU programs keep XLA's own convolutions (`lax.platform_dependent`).
 
-# The platforms whose programs use each rewrite (benchmarks/jax_worker.py widens them to measure
-# the rewrites on GPU/TPU).
+# The platforms whose programs use each rewrite: the public switch of this module. `()` turns a
+# rewrite off everywhere, all `()` makes every conv XLA's own (benchmarks/ablate.py measures the
+# rewrites that way, and widens them to measure them on GPU/TPU). Set before networks are traced.
 REWRITE_PLATFORMS = {
   "kernel_grad_by_image": ("cpu",),
   "tiny_as_matmul": ("cpu",),
@@ -207,6 +208,8 @@ def conv_general_dilated(
       **kwargs,
     )
 
+  if not any(REWRITE_PLATFORMS.values()):
+    return xla_conv(lhs, rhs)
   undilated = lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1))
   plain = (
     lhs.ndim == 4

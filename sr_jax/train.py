@@ -101,6 +101,16 @@ def make_train_step(
   return train_step
 
 
+def make_step_fn(
+  config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None = None
+) -> StepFn:
+  """The (unjitted) train step of `config` for the network `graphdef`: its optimizer, schedule,
+  EMA and loss (the loss's frozen backbone is built abstractly: its weights are in the state)."""
+  schedule, tx = optim.from_config(config)
+  loss, _ = losses.create_loss(config.loss, load_weights=False)
+  return make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh)
+
+
 class Trainer(NamedTuple):
   """What a run trains: the network's graph, its train state on the mesh, the jitted step."""
 
@@ -119,16 +129,15 @@ def create_trainer(
   loss). abstract=True: shapes and shardings only, no file read: the template to restore into.
   The one place that assembles the step: training, benchmarks and notebooks all call it.
   """
-  schedule, tx = optim.from_config(config)
-  loss, loss_state = losses.create_loss(config.loss, load_weights=not abstract)
+  _, tx = optim.from_config(config)
+  _, loss_state = losses.create_loss(config.loss, load_weights=not abstract)
   if abstract:
     graphdef, state = train_state_lib.abstract_train_state(config, tx, mesh, loss_state)
   else:
     graphdef, state = train_state_lib.create_train_state(config, tx, loss_state)
     state = sharding.place_state(state, mesh)  # ZeRO-1: opt_state, ema_params split
-  step = make_train_step(graphdef, tx, schedule, config.train.ema_decay, loss, mesh=mesh)
   jitted = jax.jit(
-    step,
+    make_step_fn(config, graphdef, mesh),
     donate_argnums=(0,),
     out_shardings=(sharding.state_shardings(state, mesh), sharding.replicated(mesh)),
   )
