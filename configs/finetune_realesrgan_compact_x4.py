@@ -25,6 +25,9 @@ def get_config():
   config.model.num_feat = 64  # set keys must agree with the pretrained file (checked on load)
   config.model.num_conv = 16
   config.model.act_type = "prelu"
+  # The network's own pixel-shuffle factor; the ncnn animevideov3 x2 / x3 files are this x4 net
+  # plus a resize, so they fine-tune with --config.data.scale=2|3 and upscale=4.
+  config.model.upscale = 4
   # Fine-tuning: a small learning rate, so the pretrained filters move, not restart.
   config.optim.learning_rate = 1e-4
   config.optim.warmup_steps = 10

@@ -13,8 +13,8 @@ from sr_jax.backbones import (
   load_backbone_weights,
   set_bn_frozen,
 )
-from sr_jax.weights import checkpoint, merge, registry
 from sr_jax.models.convert import convert
+from sr_jax.weights import checkpoint, merge, registry
 
 TOL = 1e-4  # relative max abs difference, float32
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -312,7 +312,7 @@ def test_create_model_builds_from_scratch_for_each_scale():
     config = _config(name="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4)
     net = models.create_model(config, scale, nnx.Rngs(0))
     assert net(jnp.zeros((1, 8, 8, 3))).shape == (1, 8 * scale, 8 * scale, 3)
-  config = _config(name="srvgg_compact", num_feat=8, num_conv=2, act_type="prelu")
+  config = _config(name="srvgg_compact", num_feat=8, num_conv=2, act_type="prelu", upscale=3)
   net = models.create_model(config, 3, nnx.Rngs(0))
   assert (net.scale, net.upscale) == (3, 3)
   assert net(jnp.zeros((1, 5, 6, 3))).shape == (1, 15, 18, 3)
@@ -329,7 +329,7 @@ def test_build_from_config_reads_no_file(monkeypatch):
     "rrdbnet", _config(num_feat=8, num_block=1, num_grow_ch=4), 2, nnx.Rngs(0)
   )
   assert (net.scale, net.num_feat, net.num_block, net.num_grow_ch) == (2, 8, 1, 4)
-  config = _config(num_feat=8, num_conv=1, act_type="relu")
+  config = _config(num_feat=8, num_conv=1, act_type="relu", upscale=4)
   assert build_from_config("srvgg_compact", config, 4, nnx.Rngs(0)).act_type == "relu"
   with pytest.raises(KeyError):  # keys are read directly: no hidden default
     build_from_config("rrdbnet", _config(num_feat=8, num_block=1), 4, nnx.Rngs(0))
@@ -352,7 +352,7 @@ def test_load_sr_weights_equals_load_pretrained_sr(tmp_path):
   save_random_pth(torch, TorchSRVGGNetCompact(8, 2, upscale=3), tmp_path / "c.pth", key="params")
   cases = (
     ("r.pth", "rrdbnet", _config(num_feat=8, num_block=2, num_grow_ch=4), 2),
-    ("c.pth", "srvgg_compact", _config(num_feat=8, num_conv=2, act_type="prelu"), 3),
+    ("c.pth", "srvgg_compact", _config(num_feat=8, num_conv=2, act_type="prelu", upscale=3), 3),
   )
   for name, arch, config, scale in cases:
     reference = load_pretrained_sr(tmp_path / name)
@@ -384,7 +384,7 @@ def test_load_sr_weights_names_the_file_and_each_hyperparameter(tmp_path):
   assert "num_feat:" not in message  # only what differs
   after = _state(net)
   assert all(np.array_equal(before[k], after[k]) for k in before)  # a refused file changes nothing
-  config = _config(num_feat=8, num_conv=1, act_type="prelu")
+  config = _config(num_feat=8, num_conv=1, act_type="prelu", upscale=4)
   compact = build_from_config("srvgg_compact", config, 4, nnx.Rngs(0))
   with pytest.raises(
     ValueError, match="rrdb_x4.pth: is a rrdbnet .*not the requested srvgg_compact"
@@ -396,13 +396,16 @@ def test_load_sr_weights_names_the_file_and_each_hyperparameter(tmp_path):
 
 @needs_wheel
 def test_load_sr_weights_checks_the_scale_of_the_wheel_models():
-  config = _config(num_feat=64, num_conv=16, act_type="prelu")
+  config = _config(num_feat=64, num_conv=16, act_type="prelu", upscale=4)
   net = build_from_config("srvgg_compact", config, 4, nnx.Rngs(0))
   load_sr_weights(net, "ncnn:realesrgan-animevideov3-x4")
   _assert_same_weights(net, load_pretrained_sr("ncnn:realesrgan-animevideov3-x4"))
   x2 = build_from_config("srvgg_compact", config, 2, nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"UP4X\.bin.*scale: requested 2, file has 4"):
     load_sr_weights(x2, "ncnn:realesrgan-animevideov3-x4")
+  # The x2 file is the x4 net plus a resize: a x2 config with upscale=4 fine-tunes from it.
+  load_sr_weights(x2, "ncnn:realesrgan-animevideov3-x2")
+  _assert_same_weights(x2, load_pretrained_sr("ncnn:realesrgan-animevideov3-x2"))
   rrdb = build_from_config(
     "rrdbnet", _config(num_feat=64, num_block=1, num_grow_ch=32), 4, nnx.Rngs(0)
   )

@@ -80,7 +80,7 @@ def convert(src: str, dst: str, arch: str | None = None, verify: bool = True) ->
   else:
     arch, kwargs, arrays = pretrained.sr_arrays(path, arch)
     if verify:
-      cls = pretrained.ARCHITECTURES[arch]
+      cls = pretrained.ARCHITECTURES[arch].module
       net = nnx.eval_shape(lambda: cls(**kwargs, rngs=nnx.Rngs(0)))
       check = merge.load_state(net, arrays, strict=True).summary()
   meta = {"sr_jax.source": os.path.basename(path), "sr_jax.source_sha256": registry.sha256_of(path)}

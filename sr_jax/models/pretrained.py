@@ -14,17 +14,16 @@ Every architecture maps through the official PyTorch key names and its own `port
 """
 
 import dataclasses
-import math
 import os
 import pathlib
-import re
 from typing import Any
 
 from flax import nnx
 import ml_collections
 import numpy as np
 
-from sr_jax.models.realesrgan import RRDBNet, SRVGGNetCompact
+from sr_jax.models import realesrgan
+from sr_jax.models.architecture import Architecture
 from sr_jax.weights import merge, porting, registry
 from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint
 
@@ -38,14 +37,10 @@ __all__ = [
   "sr_arrays",
 ]
 
-# name -> class. Each class keeps its constructor's hyperparameters as attributes of the same
-# names (what `load_sr_weights` checks a file against) and its `port_rules` (PyTorch -> NNX).
-ARCHITECTURES: dict[str, type[nnx.Module]] = {"rrdbnet": RRDBNet, "srvgg_compact": SRVGGNetCompact}
-
-# The `model.*` config keys of each architecture (the scale comes from `data.scale`).
-_CONFIG_KEYS = {
-  "rrdbnet": ("num_feat", "num_block", "num_grow_ch"),
-  "srvgg_compact": ("num_feat", "num_conv", "act_type"),
+# Every architecture a pretrained file can hold, tried in this order by `infer_architecture`
+# (more specific signatures first).
+ARCHITECTURES: dict[str, Architecture] = {
+  arch.name: arch for arch in (realesrgan.RRDBNET, realesrgan.SRVGG_COMPACT)
 }
 
 
@@ -58,51 +53,26 @@ def ncnn_wheel_dir() -> pathlib.Path | None:
 # --- detection ----------------------------------------------------------------------------------
 
 
-def _body_indices(state: dict, pattern: str) -> list[int]:
-  return sorted({int(m.group(1)) for key in state if (m := re.fullmatch(pattern, key))})
-
-
 def infer_architecture(state: dict[str, np.ndarray], source: str = "") -> tuple[str, dict]:
-  """Guesses (arch, kwargs) of an official PyTorch state dict from its keys and shapes."""
+  """(arch, hyperparameters with `scale`) of a PyTorch state dict, from its keys and shapes.
+
+  Raises:
+    ValueError: no architecture's signature keys are all present (the message lists each
+      candidate with the keys it needs, and the dict's first keys), or the dict has an
+      architecture's signature but not its full structure (a truncated file).
+  """
   where = f"{source}: " if source else ""
-  if "conv_first.weight" in state:
-    conv_first = state["conv_first.weight"]
-    scales = {3: 4, 12: 2, 48: 1}  # pixel-unshuffled RGB input for x2 / x1 (BasicSR)
-    if conv_first.ndim != 4 or conv_first.shape[1] not in scales:
-      raise ValueError(
-        f"{where}conv_first.weight has shape {conv_first.shape}; RRDBNet expects [F, 3|12|48, 3, 3]"
-      )
-    blocks = _body_indices(state, r"body\.(\d+)\.rdb1\.conv1\.weight")
-    grow = state.get("body.0.rdb1.conv1.weight")
-    return "rrdbnet", dict(
-      scale=scales[conv_first.shape[1]],
-      num_feat=conv_first.shape[0],
-      num_block=(blocks[-1] + 1) if blocks else 0,
-      num_grow_ch=grow.shape[0] if grow is not None else 32,
-    )
-  convs = _body_indices(state, r"body\.(\d+)\.weight")
-  convs = [i for i in convs if np.ndim(state[f"body.{i}.weight"]) == 4]
-  if convs and convs[0] == 0:
-    last = state[f"body.{convs[-1]}.weight"]
-    upscale = math.isqrt(last.shape[0] // 3)
-    if 3 * upscale * upscale != last.shape[0]:
-      raise ValueError(
-        f"{where}body.{convs[-1]}.weight has {last.shape[0]} output channels; SRVGGNetCompact's "
-        "last conv has 3 * upscale**2"
-      )
-    # relu / leakyrelu compact nets have no activation weights; only prelu ones are released.
-    return "srvgg_compact", dict(
-      upscale=upscale,
-      scale=upscale,
-      num_feat=state["body.0.weight"].shape[0],
-      num_conv=convs[-1] // 2 - 1,
-      act_type="prelu",
-    )
+  for arch in ARCHITECTURES.values():
+    if arch.matches(state):
+      try:
+        return arch.name, arch.detect(state)
+      except (ValueError, IndexError, KeyError) as e:
+        raise ValueError(f"{where}looks like {arch.name} but {e}; a truncated file?") from e
+  candidates = "; ".join(f"{a.name} needs {', '.join(a.signature)}" for a in ARCHITECTURES.values())
   keys = sorted(state)
   raise ValueError(
-    f"{where}cannot tell the architecture: keys are neither RRDBNet's (conv_first.*, "
-    f"body.N.rdbK.convM.*) nor SRVGGNetCompact's (body.N.*); {len(keys)} keys, first ones: "
-    f"{keys[:8]}"
+    f"{where}cannot tell the architecture: {len(keys)} keys, first ones {keys[:6]}; "
+    f"candidates: {candidates}"
   )
 
 
@@ -130,7 +100,7 @@ class _SRFile:
     """The weights in NNX layout, keyed as `arch`'s `merge.flatten_state`."""
     if self.checkpoint.layout == "nnx":
       return self.checkpoint.arrays
-    return porting.torch_to_nnx(self.checkpoint.arrays, ARCHITECTURES[arch].port_rules)
+    return porting.torch_to_nnx(self.checkpoint.arrays, ARCHITECTURES[arch].module.port_rules)
 
 
 def _read(path_or_name) -> _SRFile:
@@ -166,26 +136,21 @@ def _check_expected(source: str, found_arch: str, found: dict, arch: str | None,
 def build_from_config(
   arch: str, model_config: ml_collections.ConfigDict, scale: int, rngs: nnx.Rngs
 ) -> nnx.Module:
-  """A randomly initialised `arch` network from its `model.*` keys, for `scale`; reads no file.
-
-  rrdbnet: num_feat, num_block, num_grow_ch. srvgg_compact: num_feat, num_conv, act_type (its
-  pixel shuffle is by `scale`). Weights: `load_sr_weights`, once, by the code that starts a run.
-  """
+  """A randomly initialised `arch` network from its `model.*` keys (`Architecture.config_keys`),
+  for `scale`; reads no file. Weights: `load_sr_weights`, once, by the code that starts a run."""
   if arch not in ARCHITECTURES:
     raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-  kwargs = {key: model_config[key] for key in _CONFIG_KEYS[arch]}
-  if arch == "srvgg_compact":
-    kwargs["upscale"] = scale
-  return ARCHITECTURES[arch](scale=scale, **kwargs, rngs=rngs)
+  spec = ARCHITECTURES[arch]
+  return spec.build(scale, rngs, **{key: model_config[key] for key in spec.config_keys})
 
 
 def _arch_of(net: nnx.Module) -> str:
-  for name, cls in ARCHITECTURES.items():
-    if type(net) is cls:
+  for name, spec in ARCHITECTURES.items():
+    if type(net) is spec.module:
       return name
   raise ValueError(
     f"{type(net).__name__} has no pretrained SR loader; known: "
-    f"{', '.join(cls.__name__ for cls in ARCHITECTURES.values())}"
+    f"{', '.join(spec.module.__name__ for spec in ARCHITECTURES.values())}"
   )
 
 
@@ -259,7 +224,7 @@ def load_pretrained_sr(
     build_arch, build_kwargs = found_arch, {**found, **requested}
   if build_arch not in ARCHITECTURES:
     raise ValueError(f"unknown architecture {build_arch!r}; known: {sorted(ARCHITECTURES)}")
-  cls = ARCHITECTURES[build_arch]
+  cls = ARCHITECTURES[build_arch].module
   # Shapes only, then the file's values: no random init to compile for what gets overwritten.
   net = nnx.eval_shape(lambda: cls(**build_kwargs, rngs=nnx.Rngs(0)))
   merge.load_state(net, sr_file.arrays(build_arch), strict=True, source=sr_file.source)

@@ -8,12 +8,15 @@ hyperparameters as attributes of the same names as its constructor arguments (`s
 """
 
 import functools
+import math
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sr_jax.models import architecture
+from sr_jax.models.architecture import StateDict
 from sr_jax.models.layers import conv3x3, pixel_shuffle, pixel_unshuffle
 from sr_jax.weights.porting import PortRules
 
@@ -155,11 +158,12 @@ class SRVGGNetCompact(nnx.Module):
   `body` mirrors the official `nn.ModuleList` (conv, act, conv, act, ..., conv) index by index.
 
   Args:
-    upscale: the network's own factor (pixel shuffle and input upsampling).
+    scale: output scale (default `upscale`, else 4).
     num_feat: channels of the body.
     num_conv: convs between the first and the last one.
     act_type: 'prelu' (official models), 'relu' or 'leakyrelu'.
-    scale: output scale, default `upscale`. When it differs, the x`upscale` output is
+    upscale: the network's own factor (pixel shuffle and input upsampling), default `scale`.
+      When it differs from `scale`, the x`upscale` output is
       bicubic-resized to x`scale` exactly as ncnn's Interp does; that is how the official ncnn
       realesr-animevideov3 x2 / x3 models are built (the x4 net plus a downscale).
   """
@@ -168,13 +172,13 @@ class SRVGGNetCompact(nnx.Module):
 
   def __init__(
     self,
-    upscale: int = 4,
+    scale: int | None = None,
     num_feat: int = 64,
     num_conv: int = 16,
     num_in_ch: int = 3,
     num_out_ch: int = 3,
     act_type: str = "prelu",
-    scale: int | None = None,
+    upscale: int | None = None,
     *,
     rngs: nnx.Rngs,
   ):
@@ -183,8 +187,9 @@ class SRVGGNetCompact(nnx.Module):
       raise ValueError(
         f"SRVGGNetCompact act_type={act_type!r} is unknown; known: {sorted(activations)}"
       )
-    self.upscale = upscale
-    self.scale = upscale if scale is None else scale
+    self.scale = scale or upscale or 4
+    self.upscale = upscale or self.scale
+    upscale = self.upscale
     self.num_feat = num_feat
     self.num_conv = num_conv
     self.act_type = act_type
@@ -236,3 +241,58 @@ def resize_bicubic_ncnn(x: jnp.ndarray, out_h: int, out_w: int) -> jnp.ndarray:
   hi = jax.lax.Precision.HIGHEST
   x = jnp.einsum("oh,nhwc->nowc", rows, x, precision=hi)
   return jnp.einsum("pw,nowc->nopc", cols, x, precision=hi)
+
+
+# --- detection from PyTorch state dicts (see sr_jax.models.architecture) --------------------
+
+
+def detect_rrdbnet(state: StateDict) -> dict:
+  """BasicSR RRDBNet: the scale from conv_first's input channels (pixel-unshuffled x2 / x1)."""
+  in_channels = architecture.shape(state, "conv_first.weight")[1]
+  scales = {3: 4, 12: 2, 48: 1}
+  if in_channels not in scales:
+    raise ValueError(f"conv_first.weight has {in_channels} input channels, not 3, 12 or 48")
+  return dict(
+    scale=scales[in_channels],
+    num_feat=architecture.shape(state, "conv_first.weight")[0],
+    num_block=architecture.count(state, r"body\.(\d+)\.rdb1\.conv1\.weight"),
+    num_grow_ch=architecture.shape(state, "body.0.rdb1.conv1.weight")[0],
+  )
+
+
+def detect_srvgg_compact(state: StateDict) -> dict:
+  """Real-ESRGAN SRVGGNetCompact: body.0 conv, then (act, conv) pairs; last conv 3 * upscale**2."""
+  convs = [
+    i
+    for i in architecture.indices(state, r"body\.(\d+)\.weight")
+    if np.ndim(state[f"body.{i}.weight"]) == 4
+  ]
+  out_channels = architecture.shape(state, f"body.{convs[-1]}.weight")[0]
+  upscale = math.isqrt(out_channels // 3)
+  if 3 * upscale * upscale != out_channels:
+    raise ValueError(f"body.{convs[-1]}.weight has {out_channels} outputs, not 3 * upscale**2")
+  # relu / leakyrelu compact nets have no activation weights; only prelu ones are released.
+  act_type = "prelu" if "body.1.weight" in state else "relu"
+  return dict(
+    scale=upscale,
+    upscale=upscale,
+    num_feat=architecture.shape(state, "body.0.weight")[0],
+    num_conv=convs[-1] // 2 - 1,
+    act_type=act_type,
+  )
+
+
+RRDBNET = architecture.Architecture(
+  name="rrdbnet",
+  module=RRDBNet,
+  signature=("conv_first.weight", "body.0.rdb1.conv1.weight"),
+  detect=detect_rrdbnet,
+  config_keys=("num_feat", "num_block", "num_grow_ch"),
+)
+SRVGG_COMPACT = architecture.Architecture(
+  name="srvgg_compact",
+  module=SRVGGNetCompact,
+  signature=("body.0.weight", "body.0.bias"),
+  detect=detect_srvgg_compact,
+  config_keys=("num_feat", "num_conv", "act_type", "upscale"),
+)
