@@ -14,13 +14,16 @@ from sr_jax.models.pretrained import load_pretrained_sr
 
 __all__ = ["create_model", "load_pretrained", "load_pretrained_sr", "pretrained_weights"]
 
-# name -> builder(model_config, scale, rngs) -> nnx.Module with `scale` and `__call__(lr)`.
+# name -> builder(model_config, scale, rngs) -> nnx.Module with `scale` and `__call__(lr)`; every
+# architecture of `pretrained.ARCHITECTURES` (those pretrained files hold) is built from its
+# `config_keys`.
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
   "edsr": edsr.from_config,
   "bicubic": edsr.bicubic_from_config,
-  "rrdbnet": functools.partial(pretrained.build_from_config, "rrdbnet"),
-  "srvgg_compact": functools.partial(pretrained.build_from_config, "srvgg_compact"),
   "unet": unet.from_config,  # backbone encoder: model.encoder.{name, weights, freeze_bn}
+  **{
+    name: functools.partial(pretrained.build_from_config, name) for name in pretrained.ARCHITECTURES
+  },
 }
 
 
