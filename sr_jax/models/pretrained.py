@@ -22,7 +22,7 @@ from flax import nnx
 import ml_collections
 import numpy as np
 
-from sr_jax.models import realesrgan
+from sr_jax.models import esrgan, hat, realesrgan, span
 from sr_jax.models.architecture import Architecture
 from sr_jax.weights import merge, porting, registry
 from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint
@@ -40,7 +40,15 @@ __all__ = [
 # Every architecture a pretrained file can hold, tried in this order by `infer_architecture`
 # (more specific signatures first).
 ARCHITECTURES: dict[str, Architecture] = {
-  arch.name: arch for arch in (realesrgan.RRDBNET, realesrgan.SRVGG_COMPACT)
+  arch.name: arch
+  for arch in (
+    realesrgan.RRDBNET,
+    hat.HAT_ARCH,
+    span.SPAN_ARCH,
+    esrgan.ESRGAN_OLD_ARCH,
+    esrgan.ESRGAN_BSRGAN,
+    realesrgan.SRVGG_COMPACT,
+  )
 }
 
 
