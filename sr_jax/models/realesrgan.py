@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sr_jax.conv import Conv
 from sr_jax.models import architecture
 from sr_jax.models.architecture import StateDict
 from sr_jax.models.layers import conv3x3, pixel_shuffle, pixel_unshuffle
@@ -40,9 +41,13 @@ def lrelu(x: jnp.ndarray) -> jnp.ndarray:
 class ResidualDenseBlock(nnx.Module):
   """Five densely connected convs; the output is scaled by 0.2 and added to the input."""
 
-  def __init__(self, num_feat: int, num_grow_ch: int, rngs: nnx.Rngs):
+  def __init__(self, num_feat: int, num_grow_ch: int, rngs: nnx.Rngs, plus: bool = False):
     grow = num_grow_ch
     init = _RDB_KERNEL_INIT
+    # ESRGAN+: a bias-free 1x1 conv adds two more residual paths.
+    self.conv1x1 = (
+      Conv(num_feat, grow, (1, 1), use_bias=False, rngs=rngs, kernel_init=init) if plus else None
+    )
     self.conv1 = conv3x3(num_feat, grow, rngs, kernel_init=init)
     self.conv2 = conv3x3(num_feat + grow, grow, rngs, kernel_init=init)
     self.conv3 = conv3x3(num_feat + 2 * grow, grow, rngs, kernel_init=init)
@@ -53,8 +58,12 @@ class ResidualDenseBlock(nnx.Module):
     # Channel order of each concat matches torch.cat((x, x1, ...), 1), so kernels port unchanged.
     x1 = lrelu(self.conv1(x))
     x2 = lrelu(self.conv2(jnp.concatenate([x, x1], -1)))
+    if self.conv1x1 is not None:
+      x2 = x2 + self.conv1x1(x)
     x3 = lrelu(self.conv3(jnp.concatenate([x, x1, x2], -1)))
     x4 = lrelu(self.conv4(jnp.concatenate([x, x1, x2, x3], -1)))
+    if self.conv1x1 is not None:
+      x4 = x4 + x2
     x5 = self.conv5(jnp.concatenate([x, x1, x2, x3, x4], -1))
     return x5 * 0.2 + x
 
@@ -62,10 +71,10 @@ class ResidualDenseBlock(nnx.Module):
 class RRDB(nnx.Module):
   """Residual-in-residual dense block: three RDBs, scaled by 0.2, plus the input."""
 
-  def __init__(self, num_feat: int, num_grow_ch: int, rngs: nnx.Rngs):
-    self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch, rngs)
-    self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch, rngs)
-    self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch, rngs)
+  def __init__(self, num_feat: int, num_grow_ch: int, rngs: nnx.Rngs, plus: bool = False):
+    self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch, rngs, plus)
+    self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch, rngs, plus)
+    self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch, rngs, plus)
 
   def __call__(self, x):
     return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
@@ -75,8 +84,16 @@ class RRDBNet(nnx.Module):
   """ESRGAN / Real-ESRGAN generator, as BasicSR's `RRDBNet`.
 
   `RRDBNet(4, num_block=23)` is RealESRGAN_x4plus, `RRDBNet(4, num_block=6)` x4plus_anime_6B.
-  The trunk always upsamples x4 (two nearest x2 stages); for scale 2 / 1 the input is first
-  pixel-unshuffled by 2 / 4, as in BasicSR (RealESRGAN_x2plus).
+  The trunk upsamples by `scale * shuffle_factor` (nearest x2 stages `conv_up1`, `conv_up2`, ...):
+  x4 by default, x8 for scale 8; for scale 2 / 1 the input is first pixel-unshuffled by 2 / 4, as
+  in BasicSR (RealESRGAN_x2plus). Community ESRGAN files also hold x2 / x1 nets without unshuffle
+  (`shuffle_factor=1`: one / no upsampling stage) and ESRGAN+ (`plus`).
+
+  Args:
+    shuffle_factor: pixel-unshuffle of the input (1 = none); default BasicSR's (2 for scale 2, 4
+      for scale 1, else 1). Any LR size: reflect-padded to a multiple of it, cropped back, as
+      spandrel does.
+    plus: ESRGAN+ residual dense blocks (an extra 1x1 conv each).
   """
 
   port_rules = PORT_RULES
@@ -89,41 +106,54 @@ class RRDBNet(nnx.Module):
     num_grow_ch: int = 32,
     num_in_ch: int = 3,
     num_out_ch: int = 3,
+    shuffle_factor: int | None = None,
+    plus: bool = False,
     *,
     rngs: nnx.Rngs,
   ):
-    if scale not in (1, 2, 4):
-      raise ValueError(f"RRDBNet supports scale 1, 2 or 4, got scale={scale}")
+    if shuffle_factor is None:
+      shuffle_factor = {2: 2, 1: 4}.get(scale, 1)
+    num_upsample = math.log2(scale * shuffle_factor)
+    if scale < 1 or shuffle_factor not in (1, 2, 4) or not num_upsample.is_integer():
+      raise ValueError(
+        f"RRDBNet: scale={scale} with shuffle_factor={shuffle_factor} is not a power-of-two trunk"
+      )
     self.scale = scale
     self.num_feat = num_feat
     self.num_block = num_block
     self.num_grow_ch = num_grow_ch
-    self.unshuffle = {4: 1, 2: 2, 1: 4}[scale]
-    self.conv_first = conv3x3(num_in_ch * self.unshuffle**2, num_feat, rngs)
-    self.body = nnx.List([RRDB(num_feat, num_grow_ch, rngs) for _ in range(num_block)])
+    self.num_in_ch = num_in_ch
+    self.num_out_ch = num_out_ch
+    self.shuffle_factor = shuffle_factor
+    self.unshuffle = shuffle_factor  # what `sr_jax.tiling` aligns tile windows to
+    self.plus = plus
+    self.num_upsample = int(num_upsample)
+    self.conv_first = conv3x3(num_in_ch * shuffle_factor**2, num_feat, rngs)
+    self.body = nnx.List([RRDB(num_feat, num_grow_ch, rngs, plus) for _ in range(num_block)])
     self.conv_body = conv3x3(num_feat, num_feat, rngs)
-    self.conv_up1 = conv3x3(num_feat, num_feat, rngs)
-    self.conv_up2 = conv3x3(num_feat, num_feat, rngs)
+    for i in range(1, self.num_upsample + 1):
+      setattr(self, f"conv_up{i}", conv3x3(num_feat, num_feat, rngs))
     self.conv_hr = conv3x3(num_feat, num_feat, rngs)
     self.conv_last = conv3x3(num_feat, num_out_ch, rngs)
 
   def __call__(self, lr: jnp.ndarray) -> jnp.ndarray:
+    _, h, w, _ = lr.shape
     x = lr
-    if self.unshuffle > 1:
-      _, h, w, _ = lr.shape
-      if h % self.unshuffle or w % self.unshuffle:
-        raise ValueError(
-          f"RRDBNet scale={self.scale}: LR size {h}x{w} must be divisible by {self.unshuffle}"
-        )
-      x = pixel_unshuffle(x, self.unshuffle)
+    factor = self.shuffle_factor
+    if factor > 1:
+      # Reflect-pad bottom / right to a multiple of the unshuffle (spandrel's pad_to_multiple).
+      pad_h, pad_w = -h % factor, -w % factor
+      x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+      x = pixel_unshuffle(x, factor)
     feat = self.conv_first(x)
     body = feat
     for block in self.body:
       body = block(body)
     feat = feat + self.conv_body(body)
-    feat = lrelu(self.conv_up1(upsample_nearest(feat, 2)))
-    feat = lrelu(self.conv_up2(upsample_nearest(feat, 2)))
-    return self.conv_last(lrelu(self.conv_hr(feat)))
+    for i in range(1, self.num_upsample + 1):
+      feat = lrelu(getattr(self, f"conv_up{i}")(upsample_nearest(feat, 2)))
+    out = self.conv_last(lrelu(self.conv_hr(feat)))
+    return out[:, : h * self.scale, : w * self.scale]
 
 
 class PReLU(nnx.Module):
@@ -247,13 +277,18 @@ def resize_bicubic_ncnn(x: jnp.ndarray, out_h: int, out_w: int) -> jnp.ndarray:
 
 
 def detect_rrdbnet(state: StateDict) -> dict:
-  """BasicSR RRDBNet: the scale from conv_first's input channels (pixel-unshuffled x2 / x1)."""
+  """BasicSR RRDBNet: the scale from conv_first's input channels (pixel-unshuffled x2 / x1) and
+  the upsampling stages (x8: conv_up3)."""
   in_channels = architecture.shape(state, "conv_first.weight")[1]
-  scales = {3: 4, 12: 2, 48: 1}
-  if in_channels not in scales:
+  shuffle_factors = {3: 1, 12: 2, 48: 4}
+  if in_channels not in shuffle_factors:
     raise ValueError(f"conv_first.weight has {in_channels} input channels, not 3, 12 or 48")
+  # BasicSR's two upsampling stages; x8 nets (conv_up3) have three.
+  num_upsample = architecture.count(state, r"conv_up(\d+)\.weight") - 1
+  if num_upsample not in (2, 3) or (num_upsample == 3 and in_channels != 3):
+    raise ValueError(f"conv_up1..conv_up{num_upsample}: neither BasicSR x1/x2/x4 nor x8")
   return dict(
-    scale=scales[in_channels],
+    scale=2**num_upsample // shuffle_factors[in_channels],
     num_feat=architecture.shape(state, "conv_first.weight")[0],
     num_block=architecture.count(state, r"body\.(\d+)\.rdb1\.conv1\.weight"),
     num_grow_ch=architecture.shape(state, "body.0.rdb1.conv1.weight")[0],
