@@ -1,0 +1,213 @@
+"""HAT (S / base / L, x1-x4): parity with spandrel's PyTorch HAT, loading, detection, training."""
+
+from flax import nnx
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default as default_config
+from configs import finetune_hat_x4
+from sr_jax import models, sharding, train
+from sr_jax.models import hat, load_pretrained_sr, pretrained
+from sr_jax.weights import merge, porting
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("spandrel")
+from spandrel.architectures.HAT import HAT as TorchHAT  # noqa: E402
+from spandrel.architectures.SwinIR import SwinIR as TorchSwinIR  # noqa: E402
+
+TINY = dict(
+  embed_dim=12,
+  depths=(2, 2),
+  num_heads=(2, 3),
+  window_size=4,
+  compress_ratio=3,
+  squeeze_factor=6,
+  overlap_ratio=0.5,
+  mlp_ratio=2.0,
+  num_feat=16,
+)
+# Tiny forms of each variant (reference constructor keywords); the real ones differ in width and
+# depth only (see `test_detects_official_configurations`).
+VARIANTS = {
+  "hat_s_x4": dict(TINY, compress_ratio=6, squeeze_factor=6),
+  "hat_x2": dict(TINY, upscale=2),
+  "hat_x3": dict(TINY, upscale=3),
+  "hat_x4": dict(TINY, upscale=4),
+  "hat_l_x4": dict(TINY, depths=(2, 1, 1), num_heads=(2, 2, 2), upscale=4),
+  "x1_identity_no_patch_norm_no_qkv_bias": dict(
+    TINY, upscale=1, resi_connection="identity", patch_norm=False, qkv_bias=False
+  ),
+  "ape_x2": dict(TINY, upscale=2, ape=True, img_size=16, overlap_ratio=1.0),
+}
+VARIANTS["hat_s_x4"]["upscale"] = 4
+ERROR = 1e-4
+
+
+def torch_hat(seed: int = 0, **kwargs):
+  """spandrel's HAT with random weights of non-trivial statistics, in eval mode."""
+  net = TorchHAT(**kwargs).eval()
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for module in net.modules():
+      for name, p in module.named_parameters(recurse=False):
+        if isinstance(module, torch.nn.LayerNorm) and name == "weight":
+          p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+        else:
+          std = 0.02 + 0.18 * torch.rand((), generator=gen)
+          p.copy_(std * torch.randn(p.shape, generator=gen))
+  return net
+
+
+def run_torch(net, lr: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return net(torch.from_numpy(lr).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+
+
+def expected_hyperparameters(kwargs: dict) -> dict:
+  """What detection must find for a reference net built with `kwargs` (defaults filled in)."""
+  ref = dict(
+    img_size=64,
+    patch_size=1,
+    in_chans=3,
+    qkv_bias=True,
+    ape=False,
+    patch_norm=True,
+    resi_connection="1conv",
+  )
+  found = {**ref, **kwargs}
+  found["scale"] = found.pop("upscale")
+  found["depths"], found["num_heads"] = tuple(found["depths"]), tuple(found["num_heads"])
+  return found
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+  return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_load_pretrained_matches_reference(variant, tmp_path):
+  kwargs = VARIANTS[variant]
+  ref_net = torch_hat(**kwargs)
+  path = tmp_path / "hat.pth"
+  torch.save(ref_net.state_dict(), path)
+  net = load_pretrained_sr(path)
+  assert type(net) is hat.HAT
+  expected = expected_hyperparameters(kwargs)
+  assert {k: getattr(net, k) for k in expected} == expected
+  assert net.scale == kwargs["upscale"]
+  h, w = 13, 15  # not multiples of the window: padded and cropped (to img_size, for ape)
+  lr = np.random.default_rng(1).uniform(size=(1, h, w, 3)).astype(np.float32)
+  ref = run_torch(ref_net, lr)
+  out = np.asarray(net(lr))
+  assert out.shape == ref.shape == (1, h * net.scale, w * net.scale, 3)
+  err = relative_error(out, ref)
+  print(f"{variant}: max |jax - torch| / max |torch| = {err:.2e}")
+  assert err <= ERROR, f"{variant}: relative error {err:.2e} > {ERROR}"
+
+
+def test_port_rules_map_every_key_and_wrapped_files_load(tmp_path):
+  ref_net = torch_hat(**VARIANTS["hat_x2"])
+  state = {k: v.numpy() for k, v in ref_net.state_dict().items()}
+  hyperparameters = hat.detect_hat(state)
+  net = nnx.eval_shape(lambda: hat.HAT(**hyperparameters, rngs=nnx.Rngs(0)))
+  flat = {k: v.shape for k, v in nnx.to_flat_state(nnx.state(net))}
+  ported = porting.torch_to_nnx(state, hat.HAT.port_rules)
+  assert {k: v.shape for k, v in ported.items()} == {
+    ".".join(map(str, k)): s for k, s in flat.items()
+  }
+  path = tmp_path / "hat_ema.pth"
+  torch.save({"params_ema": ref_net.state_dict()}, path)
+  loaded = merge.flatten_state(load_pretrained_sr(path))
+  assert loaded.keys() == ported.keys()
+  for key, value in ported.items():
+    np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+def meta_state(cls, monkeypatch, **kwargs) -> dict:
+  """A reference state dict of shapes only (full-size nets, nothing allocated)."""
+  linspace = torch.linspace
+  # The drop-path rates are read with .item(), which a meta tensor cannot do.
+  monkeypatch.setattr(torch, "linspace", lambda *args, **kw: linspace(*args, **kw, device="cpu"))
+  with torch.device("meta"):
+    state = cls(**kwargs).state_dict()
+  monkeypatch.undo()
+  return state
+
+
+OFFICIAL = dict(window_size=16, overlap_ratio=0.5, mlp_ratio=2.0, num_feat=64, squeeze_factor=30)
+
+
+HAT_S = dict(
+  OFFICIAL, embed_dim=144, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=24, squeeze_factor=24
+)
+HAT_BASE = dict(OFFICIAL, embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=3)
+HAT_L = dict(HAT_BASE, depths=(6,) * 12, num_heads=(6,) * 12)
+
+
+@pytest.mark.parametrize(
+  "variant, upscale",
+  [(HAT_S, 2), (HAT_BASE, 3), (HAT_L, 4)],
+  ids=["HAT-S_x2", "HAT_x3", "HAT-L_x4"],
+)
+def test_detects_official_configurations(variant, upscale, monkeypatch):
+  kwargs = dict(variant, upscale=upscale)
+  state = meta_state(TorchHAT, monkeypatch, **kwargs)
+  assert pretrained.infer_architecture(state) == ("hat", expected_hyperparameters(kwargs))
+
+
+def test_truncated_and_foreign_state_dicts(monkeypatch):
+  state = meta_state(TorchHAT, monkeypatch, **VARIANTS["hat_x4"])
+  # A gap: the second group's first block is gone, its second block is there.
+  gap = {k: v for k, v in state.items() if not k.startswith("layers.1.residual_group.blocks.0.")}
+  with pytest.raises(ValueError, match=r"looks like hat.*layers\.1\.residual_group\.blocks\.0\."):
+    pretrained.infer_architecture(gap)
+  no_oca = {k: v for k, v in state.items() if "layers.1.residual_group.overlap_attn.q" not in k}
+  with pytest.raises(ValueError, match=r"missing key 'layers\.1\.residual_group\.overlap_attn"):
+    pretrained.infer_architecture(no_oca)
+  tail = {k: v for k, v in state.items() if not k.startswith("conv_before_upsample")}
+  with pytest.raises(ValueError, match=r"missing key 'conv_before_upsample\.0\.weight'"):
+    hat.detect_hat(tail)
+  # SwinIR shares conv_first / layers.N.residual_group.blocks.M but not HAT's signature.
+  swinir = meta_state(
+    TorchSwinIR, monkeypatch, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4
+  )
+  assert not hat.HAT_ARCH.matches(swinir)
+  assert hat.HAT_ARCH.matches(state)
+  with pytest.raises(ValueError, match="cannot tell the architecture"):
+    pretrained.infer_architecture({"foo.weight": np.zeros((1, 1))})
+
+
+def test_finetune_config_is_the_official_hat_x4(monkeypatch):
+  config = finetune_hat_x4.get_config()
+  assert set(config.model) == {"name", "weights", *hat.HAT_ARCH.config_keys}
+  state = meta_state(TorchHAT, monkeypatch, **HAT_BASE, upscale=4)
+  arch, found = pretrained.infer_architecture(state)
+  assert arch == config.model.name
+  assert found == {
+    "scale": config.data.scale,
+    **{k: config.model[k] for k in found if k != "scale"},
+  }
+
+
+def test_create_model_trains():
+  config = default_config.get_config()
+  config.model = ml_collections.ConfigDict(dict(finetune_hat_x4.get_config().model))
+  # Few distinct weight shapes: each one costs a compile of its initializer on CPU.
+  config.model.update(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, num_feat=8)
+  config.model.update(compress_ratio=1, squeeze_factor=4, mlp_ratio=1.0)
+  config.data.scale = 2
+  config.train.batch_size = 8
+  config.optim.update(learning_rate=2e-3, warmup_steps=0, schedule="constant")
+  trainer = train.create_trainer(config, sharding.create_mesh())
+  assert type(models.create_model(config.model, 2, nnx.Rngs(0))) is hat.HAT
+  rng = np.random.default_rng(0)
+  hr = rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)
+  lr = hr.reshape(8, 8, 2, 8, 2, 3).mean(axis=(2, 4))
+  batch = sharding.global_batch({"lr": lr, "hr": hr}, sharding.create_mesh())
+  state, losses = trainer.state, []
+  for _ in range(4):
+    state, step_metrics = trainer.step(state, batch)
+    losses.append(float(jax.device_get(step_metrics["loss"])))
+  assert losses[-1] < losses[0], losses
