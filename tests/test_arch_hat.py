@@ -1,5 +1,7 @@
 """HAT (S / base / L, x1-x4): parity with spandrel's PyTorch HAT, loading, detection, training."""
 
+import types
+
 from flax import nnx
 import jax
 import ml_collections
@@ -123,6 +125,25 @@ def test_port_rules_map_every_key_and_wrapped_files_load(tmp_path):
   assert loaded.keys() == ported.keys()
   for key, value in ported.items():
     np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("window_size, overlap_ratio", [(4, 0.5), (8, 0.25), (16, 0.5)])
+def test_window_bookkeeping_matches_reference(window_size, overlap_ratio):
+  ref = types.SimpleNamespace(
+    window_size=window_size, shift_size=window_size // 2, overlap_ratio=overlap_ratio
+  )
+  np.testing.assert_array_equal(
+    hat.relative_position_index_sa(window_size), TorchHAT.calculate_rpi_sa(ref).numpy()
+  )
+  overlap_win_size = window_size + int(window_size * overlap_ratio)
+  np.testing.assert_array_equal(
+    hat.relative_position_index_oca(window_size, overlap_win_size),
+    TorchHAT.calculate_rpi_oca(ref).numpy(),
+  )
+  h, w = 3 * window_size, 5 * window_size
+  regions = hat.shifted_window_regions(h, w, window_size, window_size // 2)
+  mask = np.where(regions[:, None, :] != regions[:, :, None], -100.0, 0.0)
+  np.testing.assert_array_equal(mask, TorchHAT.calculate_mask(ref, (h, w), torch.float32).numpy())
 
 
 def meta_state(cls, monkeypatch, **kwargs) -> dict:

@@ -67,18 +67,18 @@ def relative_position_index_oca(window_size: int, overlap_win_size: int) -> np.n
   return rel[..., 0] * (window_size + overlap_win_size - 1) + rel[..., 1]
 
 
-def shifted_window_mask(h: int, w: int, window_size: int, shift_size: int) -> np.ndarray:
-  """[num_windows, ws*ws, ws*ws] 0 / -100 mask of the shifted windows (HAT.calculate_mask)."""
-  img_mask = np.zeros((h, w), np.float32)
+def shifted_window_regions(h: int, w: int, window_size: int, shift_size: int) -> np.ndarray:
+  """[num_windows, ws*ws] region ids of the shifted windows (HAT.calculate_mask): pixels of one
+  window attend to each other only within a region. Ids, not the [num_windows, n, n] mask, are
+  the constant: the mask of a large image would weigh hundreds of MB."""
+  img_mask = np.zeros((h, w), np.int8)
   spans = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
   region = 0
-  for hs in spans:
-    for ws in spans:
-      img_mask[hs, ws] = region
+  for rows in spans:
+    for cols in spans:
+      img_mask[rows, cols] = region
       region += 1
-  windows = window_partition(img_mask[None, :, :, None], window_size).reshape(-1, window_size**2)
-  diff = windows[:, None, :] - windows[:, :, None]
-  return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+  return window_partition(img_mask[None, :, :, None], window_size).reshape(-1, window_size**2)
 
 
 def window_partition(x, window_size: int):
@@ -95,15 +95,16 @@ def window_reverse(windows, window_size: int, h: int, w: int):
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
-def _attend(q, k, v, bias, mask=None):
+def _attend(q, k, v, bias, regions=None):
   """Softmax attention in float32. q [B, nh, nq, d] (scaled), k/v [B, nh, n, d], bias [nh, nq, n],
-  mask [num_windows, nq, n] (B = batch * num_windows) -> [B, nq, nh * d]."""
+  regions [num_windows, n] (q = k: shifted windows; B = batch * num_windows) -> [B, nq, nh * d]."""
   dtype = q.dtype
   q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
   attn = jnp.einsum("bhqd,bhkd->bhqk", q, k) + bias[None].astype(jnp.float32)
-  if mask is not None:
-    nw = mask.shape[0]
-    attn = attn.reshape(-1, nw, *attn.shape[1:]) + jnp.asarray(mask)[None, :, None]
+  if regions is not None:
+    regions = jnp.asarray(regions)
+    mask = jnp.where(regions[:, None, :] != regions[:, :, None], -100.0, 0.0)
+    attn = attn.reshape(-1, regions.shape[0], *attn.shape[1:]) + mask[None, :, None]
     attn = attn.reshape(-1, *attn.shape[2:])
   attn = jax.nn.softmax(attn, axis=-1)
   out = jnp.einsum("bhqk,bhkd->bqhd", attn, v)
@@ -179,14 +180,14 @@ class WindowAttention(nnx.Module):
     self.qkv = _linear(dim, dim * 3, rngs, use_bias=qkv_bias)
     self.proj = _linear(dim, dim, rngs)
 
-  def __call__(self, x, mask=None):
-    """x [b * num_windows, ws*ws, c]; mask [num_windows, ws*ws, ws*ws] or None."""
+  def __call__(self, x, regions=None):
+    """x [b * num_windows, ws*ws, c]; regions: `shifted_window_regions` or None."""
     b, n, c = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, c)
     q, k, v = (_split_heads(qkv[:, :, i], self.num_heads) for i in range(3))
     rpi = relative_position_index_sa(self.window_size)
     bias = self.relative_position_bias_table[...][rpi].transpose(2, 0, 1)
-    return self.proj(_attend(q * self.scale, k, v, bias, mask))
+    return self.proj(_attend(q * self.scale, k, v, bias, regions))
 
 
 class HAB(nnx.Module):
@@ -219,12 +220,12 @@ class HAB(nnx.Module):
     ws, shift = self.window_size, self.shift_size
     y = self.norm1(x)
     conv_x = self.conv_block(y)
-    mask = None
+    regions = None
     if shift > 0:
       y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
-      mask = shifted_window_mask(h, w, ws, shift)
+      regions = shifted_window_regions(h, w, ws, shift)
     windows = window_partition(y, ws).reshape(-1, ws * ws, c)
-    attn_x = window_reverse(self.attn(windows, mask).reshape(-1, ws, ws, c), ws, h, w)
+    attn_x = window_reverse(self.attn(windows, regions).reshape(-1, ws, ws, c), ws, h, w)
     if shift > 0:
       attn_x = jnp.roll(attn_x, (shift, shift), axis=(1, 2))
     x = x + attn_x + conv_x * self.conv_scale
