@@ -5,7 +5,6 @@ only what inference needs from its checkpoint (the EMA weights, or the params, a
 state such as BatchNorm statistics): no optimizer, no loss, no pretrained file is touched.
 """
 
-import json
 import os
 from typing import Any
 
@@ -13,7 +12,7 @@ from flax import nnx
 import jax
 import ml_collections
 
-from sr_jax import checkpointing, models
+from sr_jax import checkpointing, models, workdirs
 
 
 def forward(graphdef: nnx.GraphDef, state: Any, lr: jax.Array) -> jax.Array:
@@ -24,15 +23,6 @@ def forward(graphdef: nnx.GraphDef, state: Any, lr: jax.Array) -> jax.Array:
   model = nnx.merge(graphdef, *states)
   model.eval()
   return model(lr)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in its workdir (config.json)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def inference_weights_key(config: ml_collections.ConfigDict) -> str:
@@ -47,7 +37,7 @@ def restore_model(
 
   Returns (model on `device` (default: the first local one), step, the run's config).
   """
-  config = load_config(workdir)
+  config = workdirs.load_config(workdir)
   model = nnx.eval_shape(lambda: models.create_model(config.model, config.data.scale, nnx.Rngs(0)))
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   one_device = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])

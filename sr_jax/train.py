@@ -31,6 +31,7 @@ from sr_jax import (
   optim,
   sharding,
   train_logging,
+  workdirs,
 )
 from sr_jax import (
   train_state as train_state_lib,
@@ -170,11 +171,6 @@ def _check_finite(history: list[dict], first_step: int) -> None:
       )
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-
-
 def _load_eval_sets(config: ml_collections.ConfigDict) -> list[evaluate.EvalSet]:
   return evaluate.load_eval_sets(
     config.eval.dirs, config.data.scale, config.eval.datasets, config.eval.data_root
@@ -192,9 +188,12 @@ def _evaluate(config, trainer: Trainer, state: TrainState, eval_sets) -> tuple[d
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config.train.steps` steps, resuming from the latest checkpoint in `workdir`."""
   is_main = jax.process_index() == 0
+  changed = workdirs.check_resumable(workdir, config)  # before anything is written
+  if changed:
+    logging.info("resuming %s with changed settings: %s", workdir, "; ".join(changed))
   os.makedirs(workdir, exist_ok=True)
   if is_main:
-    _save_config(config, workdir)
+    workdirs.save_config(config, workdir)
   mesh = sharding.create_mesh()
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
   start_step = manager.latest_step() or 0
@@ -259,10 +258,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   return state
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: evaluates checkpoint `config.eval.checkpoint` (latest|best|STEP) of `workdir`
-  on the config's eval sets; the network is restored for inference only (no optimizer)."""
-  which = config.eval.checkpoint
+def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str) -> dict:
+  """--mode=eval: evaluates checkpoint `eval.checkpoint` (latest|best|STEP) of `workdir` on the
+  eval sets of `config` (None: the run's own config.json). The network is the run's, restored for
+  inference only (no optimizer); results go to eval/step<N>_<sets>/, never over the run's."""
+  run_config = workdirs.load_config(workdir)
+  if config is None:
+    config = run_config
+  else:
+    differences = workdirs.config_differences(run_config, config)
+    if differences:
+      print(
+        f"note: --config differs from the run's {workdirs.config_path(workdir)}; the network is "
+        f"the run's, the eval sets are --config's. Differences: {'; '.join(differences)}"
+      )
+  which = str(config.eval.checkpoint)
   model, step, _ = inference.restore_model(workdir, int(which) if which.isdigit() else which)
   graphdef, weights = nnx.split(model)
   forward = jax.jit(functools.partial(inference.forward, graphdef))
@@ -276,10 +286,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   )
   seconds = time.perf_counter() - start
   if jax.process_index() == 0:
-    table = evaluate.Reporter(workdir, config.data.scale, config.model.name).report(step, results)
+    out = workdirs.eval_dir(workdir, step, [s.name for s in eval_sets])
+    os.makedirs(out, exist_ok=True)
+    table = evaluate.Reporter(out, config.data.scale, run_config.model.name).report(step, results)
     num_images = sum(len(s.images) for s in eval_sets)
     print(
       f"checkpoint step {step} ({which}); {num_images} images in {seconds:.1f} s "
-      f"({num_images / seconds:.2f} images/s, compile included)\n{table}"
+      f"({num_images / seconds:.2f} images/s, compile included); written to {out}\n{table}"
     )
   return evaluate.results_document(step, config.data.scale, results)

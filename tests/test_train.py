@@ -118,7 +118,7 @@ def test_launch_train_then_eval_mode(tmp_path):
   assert (workdir / "comparison.png").exists() and (workdir / "config.json").exists()
   assert any(name.startswith("events") for name in os.listdir(workdir / "tensorboard"))
 
-  (workdir / "eval_results.json").unlink()
+  run_results = (workdir / "eval_results.json").read_text()
   out = subprocess.run(
     launch_command(workdir, "--mode=eval", overrides={**overrides, "eval.checkpoint": 2}),
     check=True,
@@ -129,7 +129,23 @@ def test_launch_train_then_eval_mode(tmp_path):
     timeout=300,
   )
   assert "| embedded_val | bicubic |" in out.stdout
-  assert json.loads((workdir / "eval_results.json").read_text())["step"] == 2
+  written = workdir / "eval" / "step0000002_embedded_val"
+  assert f"written to {written}" in out.stdout
+  assert json.loads((written / "eval_results.json").read_text())["step"] == 2
+  assert (workdir / "eval_results.json").read_text() == run_results  # the run's, untouched
+
+  # Without --config: the run's own config.json (its eval sets, its latest checkpoint).
+  out = subprocess.run(
+    [sys.executable, "launch.py", f"--workdir={workdir}", "--mode=eval"],
+    check=True,
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert "note: --config differs" not in out.stdout
+  assert (workdir / "eval" / "step0000004_embedded_val" / "eval_results.md").exists()
 
 
 def _final_params(workdir):
