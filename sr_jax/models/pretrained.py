@@ -22,7 +22,7 @@ from flax import nnx
 import ml_collections
 import numpy as np
 
-from sr_jax.models import dat, esrgan, hat, realesrgan, safmn, span, swin2sr, swinir
+from sr_jax.models import dat, esrgan, hat, realcugan, realesrgan, safmn, span, swin2sr, swinir
 from sr_jax.models.architecture import Architecture
 from sr_jax.weights import merge, porting, registry
 from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint
@@ -51,6 +51,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     swin2sr.SWIN2SR,  # before swinir: its signature is SwinIR's plus patch_embed.proj
     swinir.SWINIR,
     safmn.SAFMN_ARCH,
+    realcugan.REALCUGAN_ARCH,
     realesrgan.SRVGG_COMPACT,
   )
 }
