@@ -1,0 +1,209 @@
+"""DAT: parity with spandrel's PyTorch network for every variant, detection, loading, training.
+
+Tiny widths / depths (embed_dim 32: the smallest whose dynamic position bias MLP is not empty,
+as DAT-light's); the networks run eagerly (op by op), which is faster than compiling each variant
+on these small inputs. LR 13x17: not a multiple of any split size.
+"""
+
+import functools
+
+from flax import nnx
+import ml_collections
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
+pytest.importorskip("spandrel", reason="parity extras not installed: make parity-deps")
+
+from spandrel.architectures.DAT import DAT as TorchDAT  # noqa: E402
+
+from configs import default  # noqa: E402
+from sr_jax import sharding, train  # noqa: E402
+from sr_jax.models import create_model, dat, load_pretrained_sr, pretrained  # noqa: E402
+from sr_jax.weights import merge, porting  # noqa: E402
+
+# Two groups: block 2 of group 0 and block 0 of group 1 shift their windows. Few distinct shapes
+# (each new one compiles its ops once): split (2, 4) or (1, 3) (shift 0 on one side), 4 heads.
+TINY = dict(embed_dim=32, split_size=[2, 4], depth=[3, 1], num_heads=[4, 4], expansion_factor=4.0)
+ODD_SPLIT = dict(split_size=[1, 3], img_size=12)  # img_size: the reference's stored masks
+LIGHT = dict(
+  TINY,
+  depth=[3],
+  num_heads=[4],
+  expansion_factor=2.0,
+  resi_connection="3conv",
+  upsampler="pixelshuffledirect",
+)
+VARIANTS = {  # id -> spandrel DAT kwargs
+  "dat_x2": dict(TINY, upscale=2),
+  "dat_x3": dict(TINY, upscale=3),
+  "dat_x4": dict(TINY, upscale=4),
+  "dat_s_x4_3conv": dict(TINY, **ODD_SPLIT, upscale=4, resi_connection="3conv"),
+  # Heads of a one-block group: twice the spatial branch's.
+  "dat_2_x2_depth1_no_qkv_bias": dict(
+    TINY, upscale=2, depth=[1, 2], expansion_factor=2.0, qkv_bias=False
+  ),
+  "dat_light_x2": dict(LIGHT, upscale=2),
+  "dat_light_x3": dict(LIGHT, upscale=3),
+  "dat_light_x4": dict(LIGHT, **ODD_SPLIT, upscale=4),
+  "dat_x1_gray": dict(TINY, upscale=1, in_chans=1, depth=[2], num_heads=[4]),
+}
+LR_SIZE = (13, 17)
+TOLERANCE = 1e-4  # max |jax - torch| / max |torch|
+
+
+def _expected_hyperparameters(kwargs: dict) -> dict:
+  return dict(
+    scale=kwargs["upscale"],
+    in_chans=kwargs.get("in_chans", 3),
+    embed_dim=kwargs["embed_dim"],
+    split_size=tuple(kwargs["split_size"]),
+    depth=tuple(kwargs["depth"]),
+    num_heads=tuple(kwargs["num_heads"]),
+    expansion_factor=kwargs["expansion_factor"],
+    qkv_bias=kwargs.get("qkv_bias", True),
+    resi_connection=kwargs.get("resi_connection", "1conv"),
+    upsampler=kwargs.get("upsampler", "pixelshuffle"),
+  )
+
+
+def _randomize(net, seed: int):
+  """Non-trivial statistics: weights normal * 0.02..0.2, norm scales near 1, nonzero biases and
+  BatchNorm running statistics (the position-offset table and the masks stay as built)."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, value in net.state_dict().items():
+      if not value.is_floating_point() or name.endswith(
+        ("rpe_biases", "attn_mask_0", "attn_mask_1")
+      ):
+        continue
+      noise = torch.randn(value.shape, generator=gen)
+      if name.endswith("running_var"):
+        value.copy_(1 + 0.3 * noise.abs())
+      elif name.endswith("running_mean"):
+        value.copy_(0.1 * noise)
+      elif value.ndim == 1 and name.endswith("weight"):  # LayerNorm / BatchNorm scales
+        value.copy_(1 + 0.1 * noise)
+      else:
+        std = 0.02 + 0.18 * torch.rand((), generator=gen)
+        value.copy_(std * noise)
+  return net.eval()
+
+
+@functools.cache
+def _reference(variant: str):
+  """(torch net, its state dict as numpy, LR NHWC, torch output NHWC) of a variant."""
+  kwargs = VARIANTS[variant]
+  net = _randomize(TorchDAT(**kwargs), seed=len(variant))
+  state = {k: v.numpy() for k, v in net.state_dict().items()}
+  channels = kwargs.get("in_chans", 3)
+  lr = np.random.default_rng(1).random((1, *LR_SIZE, channels), dtype=np.float32)
+  with torch.no_grad():
+    out = net(torch.from_numpy(lr).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  return net, state, lr, out
+
+
+def _relative_error(ours, reference) -> float:
+  return float(np.abs(np.asarray(ours) - reference).max() / np.abs(reference).max())
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_matches_spandrel(variant, tmp_path):
+  torch_net, state, lr, expected = _reference(variant)
+  hyperparameters = _expected_hyperparameters(VARIANTS[variant])
+  assert pretrained.infer_architecture(state) == ("dat", hyperparameters)
+
+  ported = porting.torch_to_nnx(state, dat.DAT.port_rules)
+  fresh = nnx.eval_shape(lambda: dat.DAT(**hyperparameters, rngs=nnx.Rngs(0)))
+  assert sorted(ported) == sorted(merge.flatten_state(fresh))
+
+  path = tmp_path / "dat.pth"
+  torch.save(torch_net.state_dict(), path)
+  net = load_pretrained_sr(path)
+  assert type(net) is dat.DAT and net.scale == hyperparameters["scale"]
+  assert {key: getattr(net, key) for key in hyperparameters} == hyperparameters
+  out = np.asarray(net(lr))
+  assert out.shape == expected.shape
+  error = _relative_error(out, expected)
+  assert error <= TOLERANCE, f"{variant}: max |jax - torch| / max |torch| = {error:.2e}"
+
+
+def test_load_pretrained_sr_params_wrapper(tmp_path):
+  torch_net, _, lr, expected = _reference("dat_light_x2")
+  path = tmp_path / "wrapped.pth"
+  torch.save({"params": torch_net.state_dict()}, path)
+  net = load_pretrained_sr(path)
+  assert type(net) is dat.DAT and net.scale == 2 and net.upsampler == "pixelshuffledirect"
+  error = _relative_error(net(lr), expected)
+  assert error <= TOLERANCE, f"max |jax - torch| / max |torch| = {error:.2e}"
+
+
+@pytest.mark.parametrize(
+  "variant, removed",
+  [
+    ("dat_x2", "conv_last.weight"),  # cut before the reconstruction's last conv
+    ("dat_x2", "layers.1.blocks.0.attn.qkv.weight"),
+    ("dat_x2", "layers.0.blocks.1.attn.temperature"),  # heads of group 0 unknown
+    ("dat_x2", "conv_after_body.weight"),
+    ("dat_light_x2", "upsample.0.weight"),
+    ("dat_light_x2", "layers.0.blocks.2.ffn.fc2.bias"),  # caught by the strict load
+  ],
+)
+def test_truncated_state_dict_is_rejected(variant, removed, tmp_path):
+  _, state, _, _ = _reference(variant)
+  path = tmp_path / "truncated.pth"
+  torch.save({k: torch.from_numpy(v) for k, v in state.items() if k != removed}, path)
+  # Detection names the torch key; the strict load after it, the NNX key of the same module.
+  with pytest.raises(ValueError, match=removed.rpartition(".")[0].replace(".", r"\.")):
+    load_pretrained_sr(path)
+
+
+def test_cut_off_file_is_rejected():
+  """The last keys of a file missing (the upsampler's head and tail): detection fails loudly."""
+  _, state, _, _ = _reference("dat_x4")
+  keys = list(state)
+  with pytest.raises(ValueError, match="dat but missing key"):
+    pretrained.infer_architecture({k: state[k] for k in keys[:-3]})
+
+
+def _tiny_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.data.scale = 2
+  config.data.patch_size = 8
+  config.model = ml_collections.ConfigDict(
+    dict(
+      name="dat",
+      weights="",
+      in_chans=3,
+      embed_dim=32,
+      split_size=(2, 4),
+      depth=(2,),
+      num_heads=(2,),
+      expansion_factor=2.0,
+      qkv_bias=True,
+      resi_connection="1conv",
+      upsampler="pixelshuffledirect",
+    )
+  )
+  config.optim.learning_rate = 2e-3
+  config.optim.warmup_steps = 0
+  config.train.batch_size = 8
+  return config
+
+
+def test_create_model_builds_and_training_lowers_the_loss():
+  config = _tiny_config()
+  net = create_model(config.model, config.data.scale, nnx.Rngs(0))
+  assert type(net) is dat.DAT and net.scale == 2 and net.depth == (2,)
+  assert set(dat.DAT_ARCH.config_keys) <= set(config.model)
+  mesh = sharding.create_mesh()
+  trainer = train.create_trainer(config, mesh)
+  rng = np.random.default_rng(0)
+  hr = rng.random((8, 16, 16, 3), dtype=np.float32)
+  lr = hr.reshape(8, 8, 2, 8, 2, 3).mean(axis=(2, 4))
+  batch = sharding.global_batch({"lr": lr, "hr": hr}, mesh)
+  state, losses = trainer.state, []
+  for _ in range(4):
+    state, metrics = trainer.step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0], losses
