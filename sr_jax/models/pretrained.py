@@ -22,7 +22,18 @@ from flax import nnx
 import ml_collections
 import numpy as np
 
-from sr_jax.models import dat, esrgan, hat, realcugan, realesrgan, safmn, span, swin2sr, swinir
+from sr_jax.models import (
+  dat,
+  esrgan,
+  hat,
+  plksr,
+  realcugan,
+  realesrgan,
+  safmn,
+  span,
+  swin2sr,
+  swinir,
+)
 from sr_jax.models.architecture import Architecture
 from sr_jax.weights import merge, porting, registry
 from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint
@@ -52,6 +63,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     swinir.SWINIR,
     safmn.SAFMN_ARCH,
     realcugan.REALCUGAN_ARCH,
+    plksr.PLKSR_ARCH,
+    plksr.REALPLKSR_ARCH,
     realesrgan.SRVGG_COMPACT,
   )
 }
