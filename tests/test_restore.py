@@ -35,7 +35,7 @@ TINY_UNET = [
 ]
 
 
-def _run(*args, timeout=400):
+def _run(*args, timeout=900):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   result = subprocess.run(
     [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
