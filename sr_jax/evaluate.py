@@ -8,6 +8,7 @@ import json
 import os
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import numpy as np
 
 from sr_jax import data, figures, metrics, utils
@@ -113,22 +114,27 @@ def evaluate(
     rows = []
     for image, bicubic in zip(eval_set.images, eval_set.bicubic):
       sr = np.clip(np.asarray(predict(image.lr), np.float32), 0.0, 1.0)
-      rows.append(
-        (
-          metrics.psnr_y(sr, image.hr, scale),
-          metrics.ssim_y(sr, image.hr, scale),
-          metrics.psnr_y(bicubic, image.hr, scale),
-          metrics.ssim_y(bicubic, image.hr, scale),
-        )
+      row = (
+        metrics.psnr_y(sr, image.hr, scale),
+        metrics.ssim_y(sr, image.hr, scale),
+        metrics.psnr_y(bicubic, image.hr, scale),
+        metrics.ssim_y(bicubic, image.hr, scale),
       )
-    mean = np.mean(np.asarray(rows, np.float64), axis=0)
+      if np.all(np.isfinite(row)):
+        rows.append(row)
+      else:  # identical to HR (a flat image): PSNR is infinite and would poison the mean
+        logging.warning(
+          "eval set %s: %s left out of the means: PSNR-Y is infinite (SR or bicubic equals "
+          "HR; a flat image?)",
+          eval_set.name,
+          image.name,
+        )
+    mean = np.mean(np.asarray(rows, np.float64), axis=0) if rows else [None] * 4
     results[eval_set.name] = {
-      "psnr_y": float(mean[0]),
-      "ssim_y": float(mean[1]),
-      "bicubic_psnr_y": float(mean[2]),
-      "bicubic_ssim_y": float(mean[3]),
-      "num_images": len(rows),
+      key: None if value is None else float(value)
+      for key, value in zip(("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"), mean)
     }
+    results[eval_set.name]["num_images"] = len(rows)
   return results
 
 
@@ -138,7 +144,8 @@ def results_document(step: int, scale: int, dataset_results: dict) -> dict:
 
 def mean_psnr_y(dataset_results: dict) -> float:
   """The mean over eval sets of their PSNR-Y: what picks the best checkpoint."""
-  return float(np.mean([r["psnr_y"] for r in dataset_results.values()]))
+  values = [r["psnr_y"] for r in dataset_results.values() if r["psnr_y"] is not None]
+  return float(np.mean(values)) if values else float("-inf")
 
 
 def scalars(dataset_results: dict) -> dict[str, float]:
@@ -147,8 +154,12 @@ def scalars(dataset_results: dict) -> dict[str, float]:
     f"eval/{name}/{key}": value
     for name, r in dataset_results.items()
     for key, value in r.items()
-    if key != "num_images"
+    if key != "num_images" and value is not None
   }
+
+
+def _fmt(value: float | None, digits: int) -> str:
+  return "-" if value is None else f"{value:.{digits}f}"
 
 
 def markdown_table(document: dict, model_name: str = "model", start: dict | None = None) -> str:
@@ -157,17 +168,16 @@ def markdown_table(document: dict, model_name: str = "model", start: dict | None
   lines = ["| dataset | method | PSNR-Y (dB) | SSIM-Y | images |", "|---|---|---|---|---|"]
   for name, r in document["datasets"].items():
     n = r["num_images"]
-    lines.append(
-      f"| {name} | bicubic | {r['bicubic_psnr_y']:.2f} | {r['bicubic_ssim_y']:.4f} | {n} |"
-    )
+    bicubic = f"{_fmt(r['bicubic_psnr_y'], 2)} | {_fmt(r['bicubic_ssim_y'], 4)}"
+    lines.append(f"| {name} | bicubic | {bicubic} | {n} |")
     if start and name in start["datasets"]:
       before = start["datasets"][name]
       lines.append(
-        f"| {name} | {model_name} at step {start['step']} | {before['psnr_y']:.2f} "
-        f"| {before['ssim_y']:.4f} | {n} |"
+        f"| {name} | {model_name} at step {start['step']} | {_fmt(before['psnr_y'], 2)} "
+        f"| {_fmt(before['ssim_y'], 4)} | {n} |"
       )
     label = f"{model_name} at step {step}" if start else model_name
-    lines.append(f"| {name} | {label} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {n} |")
+    lines.append(f"| {name} | {label} | {_fmt(r['psnr_y'], 2)} | {_fmt(r['ssim_y'], 4)} | {n} |")
   return "\n".join(lines)
 
 
@@ -212,7 +222,7 @@ class Reporter:
       f"Evaluation at step {step}, x{self.scale}, border {self.scale} px cropped, "
       "Y channel (BT.601).\n\n"
     )
-    _write_atomic(self._path(RESULTS), json.dumps(document, indent=2))
+    _write_atomic(self._path(RESULTS), json.dumps(document, indent=2, allow_nan=False))
     _write_atomic(self._path("eval_results.md"), header + table + "\n")
     if figure is not None:
       os.makedirs(self._path("figures"), exist_ok=True)
@@ -227,7 +237,7 @@ class Reporter:
     if not self.enabled:
       return
     document = results_document(0, self.scale, dataset_results)
-    _write_atomic(self._path(START_RESULTS), json.dumps(document, indent=2))
+    _write_atomic(self._path(START_RESULTS), json.dumps(document, indent=2, allow_nan=False))
     if self.writer is not None:
       self.writer.write(0, scalars(dataset_results))
 

@@ -47,3 +47,35 @@ def test_shape_mismatch_is_an_error(pair):
   sr, hr = pair
   with pytest.raises(ValueError, match="shape"):
     metrics.psnr_y(sr[:-1], hr, 0)
+
+
+def test_flat_image_is_left_out_of_the_means_and_json_stays_valid(tmp_path, caplog):
+  """A flat eval image has infinite PSNR (bicubic equals HR): skipped with a warning, never
+  written as Infinity."""
+  import json
+
+  from PIL import Image
+
+  from sr_jax import evaluate
+
+  folder = tmp_path / "val"
+  folder.mkdir()
+  Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(folder / "flat.png")
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "noise.png")
+  sets = evaluate.load_eval_sets([str(folder)], 2)
+  with caplog.at_level("WARNING", logger="absl"):
+    results = evaluate.evaluate(lambda lr: lr.repeat(2, 0).repeat(2, 1), sets, 2)
+  assert results["val"]["num_images"] == 1 and np.isfinite(results["val"]["psnr_y"])
+  assert "flat left out of the means" in caplog.text
+  evaluate.Reporter(str(tmp_path), 2, "nearest").report(1, results)
+  json.loads((tmp_path / "eval_results.json").read_text(), parse_constant=lambda c: 1 / 0)
+  only_flat = tmp_path / "flat_only"
+  only_flat.mkdir()
+  (folder / "flat.png").rename(only_flat / "flat.png")
+  nearest = lambda lr: lr.repeat(2, 0).repeat(2, 1)  # noqa: E731
+  results = evaluate.evaluate(nearest, evaluate.load_eval_sets([str(only_flat)], 2), 2)
+  assert results["flat_only"]["psnr_y"] is None and results["flat_only"]["num_images"] == 0
+  assert "| flat_only | bicubic | - | - | 0 |" in evaluate.markdown_table(
+    evaluate.results_document(1, 2, results)
+  )
