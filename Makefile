@@ -1,5 +1,6 @@
 # Two commands: `make demo` and `make test`. Everything else is a helper.
-PYTHON ?= python3.11
+# python3.11 when present, else python3 (checked: >= 3.11).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 WORKDIR ?= runs/demo
 PY := $(VENV)/bin/python
@@ -7,6 +8,9 @@ PY := $(VENV)/bin/python
 .PHONY: demo test lint venv dev-deps parity-deps clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: sr_jax needs Python >= 3.11; '$(PYTHON)' is not. Run: make PYTHON=/path/to/python3.11"; \
+	  exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

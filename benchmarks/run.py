@@ -320,6 +320,9 @@ def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   models = [m for m in args.models.split(",") if m]
   tasks = [t for t in args.tasks.split(",") if t]
+  tasks = ["train", "infer"] if tasks == ["both"] else tasks
+  if not tasks or set(tasks) - {"train", "infer"}:
+    raise SystemExit(f"error: --tasks={args.tasks!r}: give train, infer, train,infer or both")
   for model in models:
     specs.config_for(model)  # Unknown names fail before any worker starts.
   os.makedirs(args.out, exist_ok=True)

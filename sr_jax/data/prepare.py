@@ -86,10 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   total = sum(c.get("examples", 0) for c in counts.values())
   data_dir = os.path.expanduser(args.data_dir)
+  paired = " --config.data.degradation=paired" if args.lr_dir else ""
   print(
     f"wrote {total} examples of {args.name!r} to {data_dir}; read with "
     f"--config.data.source=tfds --config.data.tfds_name={args.name} "
-    f"--config.data.tfds_data_dir={data_dir}"
+    f"--config.data.tfds_data_dir={data_dir}{paired}"
   )
   return 0
 
