@@ -19,6 +19,9 @@ pytest.importorskip("spandrel")
 from spandrel.architectures.HAT import HAT as TorchHAT  # noqa: E402
 from spandrel.architectures.SwinIR import SwinIR as TorchSwinIR  # noqa: E402
 
+# The reference calls torch.meshgrid without `indexing` (its behaviour is the one we port).
+pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")
+
 TINY = dict(
   embed_dim=12,
   depths=(2, 2),
@@ -212,17 +215,31 @@ def test_finetune_config_is_the_official_hat_x4(monkeypatch):
   }
 
 
-def test_create_model_trains():
+def test_finetunes_from_a_pytorch_file(tmp_path):
   config = default_config.get_config()
   config.model = ml_collections.ConfigDict(dict(finetune_hat_x4.get_config().model))
   # Few distinct weight shapes: each one costs a compile of its initializer on CPU.
-  config.model.update(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, num_feat=8)
-  config.model.update(compress_ratio=1, squeeze_factor=4, mlp_ratio=1.0)
+  tiny = dict(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, num_feat=8)
+  tiny.update(compress_ratio=1, squeeze_factor=4, mlp_ratio=1.0)
+  config.model.update(tiny)
   config.data.scale = 2
+  ref_net = torch_hat(**tiny, upscale=2)
+  config.model.weights = str(tmp_path / "hat_x2.pth")
+  torch.save(ref_net.state_dict(), config.model.weights)
   config.train.batch_size = 8
   config.optim.update(learning_rate=2e-3, warmup_steps=0, schedule="constant")
   trainer = train.create_trainer(config, sharding.create_mesh())
+  np.testing.assert_array_equal(
+    np.asarray(trainer.state["params"]["conv_first"]["kernel"][...]),
+    ref_net.conv_first.weight.detach().numpy().transpose(2, 3, 1, 0),
+  )
   assert type(models.create_model(config.model, 2, nnx.Rngs(0))) is hat.HAT
+  # A file whose hyperparameters differ from the config's is refused, naming them.
+  config.model.window_size = 8
+  other = nnx.eval_shape(lambda: models.create_model(config.model, 2, nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="window_size: requested 8, file has 4"):
+    pretrained.load_sr_weights(other, config.model.weights)
+
   rng = np.random.default_rng(0)
   hr = rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)
   lr = hr.reshape(8, 8, 2, 8, 2, 3).mean(axis=(2, 4))
