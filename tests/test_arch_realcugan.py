@@ -92,17 +92,6 @@ def test_pth_loads_and_matches_spandrel(tmp_path, variant):
   assert err <= 1e-4, f"{variant}: max |jax - torch| / max |torch| = {err:.3g}"
 
 
-def test_conv_transpose_matches_torch():
-  for k, s, p in [(2, 2, 0), (4, 2, 3), (5, 3, 2)]:
-    ref = torch.nn.ConvTranspose2d(4, 5, k, s, p)
-    layer = realcugan.ConvTranspose(4, 5, k, s, p, nnx.Rngs(0))
-    layer.kernel[...] = jnp.asarray(ref.weight.detach().numpy().transpose(2, 3, 0, 1))
-    layer.bias[...] = jnp.asarray(ref.bias.detach().numpy())
-    x = np.random.default_rng(0).random((2, 7, 9, 4), dtype=np.float32)
-    expected = torch_forward(ref, x)
-    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), expected, atol=1e-5)
-
-
 def test_detection_and_truncated_files():
   state = state_of(UpCunet3x(pro=True))
   state["pro"] = np.zeros(1, np.float32)
