@@ -27,6 +27,7 @@ from sr_jax.models import (
   esrgan,
   hat,
   plksr,
+  rcan,
   realcugan,
   realesrgan,
   safmn,
@@ -61,6 +62,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     esrgan.ESRGAN_BSRGAN,
     swin2sr.SWIN2SR,  # before swinir: its signature is SwinIR's plus patch_embed.proj
     swinir.SWINIR,
+    rcan.RCAN_ARCH,
     safmn.SAFMN_ARCH,
     realcugan.REALCUGAN_ARCH,
     plksr.PLKSR_ARCH,
