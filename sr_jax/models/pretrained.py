@@ -26,6 +26,7 @@ from sr_jax.models import (
   dat,
   esrgan,
   hat,
+  omnisr,
   plksr,
   rcan,
   realcugan,
@@ -67,6 +68,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     realcugan.REALCUGAN_ARCH,
     plksr.PLKSR_ARCH,
     plksr.REALPLKSR_ARCH,
+    omnisr.OMNISR_ARCH,
     realesrgan.SRVGG_COMPACT,
   )
 }
