@@ -185,7 +185,7 @@ def _tiny_config() -> ml_collections.ConfigDict:
       img_size=8,
       in_chans=3,
       embed_dim=8,
-      depths=(2,),
+      depths=(1,),
       num_heads=(2,),
       window_size=4,
       mlp_ratio=2.0,
@@ -207,7 +207,7 @@ def _tiny_config() -> ml_collections.ConfigDict:
 def test_create_model_builds_and_training_lowers_the_loss():
   config = _tiny_config()
   net = create_model(config.model, config.data.scale, nnx.Rngs(0))
-  assert type(net) is swinir.SwinIR and net.scale == 2 and net.depths == (2,)
+  assert type(net) is swinir.SwinIR and net.scale == 2 and net.depths == (1,)
   assert net(np.zeros((1, 5, 7, 3), np.float32)).shape == (1, 10, 14, 3)
   mesh = sharding.create_mesh()
   trainer = train.create_trainer(config, mesh)

@@ -194,6 +194,18 @@ def softmax_attention(logits, v, mask):
   return out.reshape(*out.shape[:3], -1)
 
 
+class BasicLayer(nnx.Module):
+  """A stage of Swin blocks (`residual_group.blocks.N`)."""
+
+  def __init__(self, blocks):
+    self.blocks = nnx.List(blocks)
+
+  def __call__(self, x):
+    for block in self.blocks:
+      x = block(x)
+    return x
+
+
 class Mlp(nnx.Module):
   def __init__(self, dim: int, hidden: int, rngs: nnx.Rngs):
     self.fc1 = linear(dim, hidden, rngs)

@@ -98,16 +98,6 @@ class SwinTransformerBlock(nnx.Module):
     return x + self.norm2(self.mlp(x))
 
 
-class BasicLayer(nnx.Module):
-  def __init__(self, blocks):
-    self.blocks = nnx.List(blocks)
-
-  def __call__(self, x):
-    for block in self.blocks:
-      x = block(x)
-    return x
-
-
 class PatchEmbed(nnx.Module):
   """A patch_size x patch_size conv (stride patch_size), then an optional LayerNorm."""
 
@@ -133,7 +123,7 @@ class RSTB(nnx.Module):
       blocks.append(
         SwinTransformerBlock(dim, num_heads, window, shift, mlp_ratio, qkv_bias, rngs=rngs)
       )
-    self.residual_group = BasicLayer(blocks)
+    self.residual_group = swin.BasicLayer(blocks)
     self.conv = swin.residual_conv(resi_connection, dim, rngs)
     self.patch_embed = PatchEmbed(dim, patch_size, norm=False, rngs=rngs)
 

@@ -71,16 +71,6 @@ class SwinTransformerBlock(nnx.Module):
     return x + self.mlp(self.norm2(x))
 
 
-class BasicLayer(nnx.Module):
-  def __init__(self, blocks):
-    self.blocks = nnx.List(blocks)
-
-  def __call__(self, x):
-    for block in self.blocks:
-      x = block(x)
-    return x
-
-
 class RSTB(nnx.Module):
   """Residual Swin Transformer Block: blocks, a conv, plus the input."""
 
@@ -96,7 +86,7 @@ class RSTB(nnx.Module):
           dim, num_heads, window, shift, mlp_ratio, qkv_bias, qk_scale, rngs=rngs
         )
       )
-    self.residual_group = BasicLayer(blocks)
+    self.residual_group = swin.BasicLayer(blocks)
     self.conv = swin.residual_conv(resi_connection, dim, rngs)
 
   def __call__(self, x):
