@@ -93,7 +93,11 @@ def bucketed(predict: PredictFn, multiple: int = 64) -> PredictFn:
 
 
 def evaluate(
-  predict: PredictFn, eval_sets: Sequence[EvalSet], scale: int, bucket: int | None = None
+  predict: PredictFn,
+  eval_sets: Sequence[EvalSet],
+  scale: int,
+  bucket: int | None = None,
+  outputs: dict | None = None,
 ) -> dict:
   """Mean PSNR-Y / SSIM-Y of `predict` and of bicubic on every set.
 
@@ -103,6 +107,7 @@ def evaluate(
     scale: SR factor (also the border cropped before the metrics).
     bucket: if set, LR sides are padded up to multiples of it (see `bucketed`), so a jitted
       `predict` compiles once per bucket instead of once per image size.
+    outputs: if given, filled with {(set name, image name): SR image in [0, 1]} (for figures).
 
   Returns:
     {set name: {psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y, num_images}}.
@@ -114,6 +119,8 @@ def evaluate(
     rows = []
     for image, bicubic in zip(eval_set.images, eval_set.bicubic):
       sr = np.clip(np.asarray(predict(image.lr), np.float32), 0.0, 1.0)
+      if outputs is not None:
+        outputs[eval_set.name, image.name] = sr
       row = (
         metrics.psnr_y(sr, image.hr, scale),
         metrics.ssim_y(sr, image.hr, scale),
@@ -181,11 +188,12 @@ def markdown_table(document: dict, model_name: str = "model", start: dict | None
   return "\n".join(lines)
 
 
-def example_figure(predict: PredictFn, eval_set: EvalSet, scale: int, label: str):
-  """bicubic | model | HR of the set's first image (a PIL image)."""
-  first = eval_set.images[0]
-  sr = np.clip(predict(first.lr), 0.0, 1.0)
-  return figures.comparison_figure(eval_set.bicubic[0], sr, first.hr, scale, label)
+def _file_name(set_name: str, image_name: str) -> str:
+  return f"{set_name}__{image_name}".replace(os.sep, "__") + ".png"
+
+
+def _start_dir(workdir: str) -> str:
+  return os.path.join(workdir, "figures", "sr_step0000000")  # the SR images, not figures
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -199,8 +207,10 @@ class Reporter:
   """Writes evaluation results into `workdir` (process 0 only: `enabled`).
 
   eval_results.json / .md (the latest evaluation), eval_results_start.json (before training),
-  figures/comparison_stepN.png and comparison.png (the latest), and scalars through `writer`
-  (anything with `write(step, scalars)`).
+  figures/step<N>/<set>__<image>.png for the first `max_figures` images of every set (bicubic |
+  the model before training, when it was evaluated | at step N | HR, full-image PSNR-Y in the
+  captions, as in the table), comparison.png (the latest figure of the first image), and scalars
+  through `writer` (anything with `write(step, scalars)`).
   """
 
   workdir: str
@@ -208,12 +218,19 @@ class Reporter:
   model_name: str
   writer: Any = None
   enabled: bool = True
+  max_figures: int = 8
 
   def _path(self, filename: str) -> str:
     return os.path.join(self.workdir, filename)
 
-  def report(self, step: int, dataset_results: dict, figure=None) -> str:
-    """Writes one evaluation; returns its Markdown table."""
+  def report(
+    self,
+    step: int,
+    dataset_results: dict,
+    eval_sets: Sequence[EvalSet] = (),
+    outputs: dict | None = None,
+  ) -> str:
+    """Writes one evaluation (figures of `outputs` from `evaluate`); returns its table."""
     document = results_document(step, self.scale, dataset_results)
     table = markdown_table(document, self.model_name)
     if not self.enabled:
@@ -224,18 +241,42 @@ class Reporter:
     )
     _write_atomic(self._path(RESULTS), json.dumps(document, indent=2, allow_nan=False))
     _write_atomic(self._path("eval_results.md"), header + table + "\n")
-    if figure is not None:
-      os.makedirs(self._path("figures"), exist_ok=True)
-      figure.save(self._path(os.path.join("figures", f"comparison_step{step:07d}.png")))
-      figure.save(self._path("comparison.png"))
+    if outputs:
+      self._figures(step, eval_sets, outputs)
     if self.writer is not None:
       self.writer.write(step, scalars(dataset_results))
     return table
 
-  def report_start(self, dataset_results: dict) -> None:
-    """The step-0 evaluation (e.g. a pretrained network before fine-tuning)."""
+  def _figures(self, step: int, eval_sets: Sequence[EvalSet], outputs: dict) -> None:
+    folder = self._path(os.path.join("figures", f"step{step:07d}"))
+    os.makedirs(folder, exist_ok=True)
+    for eval_set in eval_sets:
+      for image, bicubic in list(zip(eval_set.images, eval_set.bicubic))[: self.max_figures]:
+        name = _file_name(eval_set.name, image.name)
+        panels = [("bicubic", bicubic)]
+        before = os.path.join(_start_dir(self.workdir), name)
+        if step and os.path.exists(before):  # 8-bit, as the metrics see it
+          panels.append((f"{self.model_name} step 0", data.to_float(data.read_image(before))))
+        panels.append((f"{self.model_name} step {step}", outputs[eval_set.name, image.name]))
+        title = f"{eval_set.name}/{image.name} x{self.scale}, step {step}"
+        figure = figures.zoom_comparison_figure(panels, image.hr, self.scale, title=title)
+        figure.save(os.path.join(folder, name))
+        if eval_set is eval_sets[0] and image is eval_set.images[0]:
+          figure.save(self._path("comparison.png"))
+
+  def report_start(
+    self, dataset_results: dict, eval_sets: Sequence[EvalSet] = (), outputs: dict | None = None
+  ) -> None:
+    """The step-0 evaluation (e.g. a pretrained network before fine-tuning); its SR images are
+    kept (8-bit PNG) as the "before" panel of later figures."""
     if not self.enabled:
       return
+    if outputs:
+      self._figures(0, eval_sets, outputs)
+      os.makedirs(_start_dir(self.workdir), exist_ok=True)
+      for (set_name, image_name), sr in outputs.items():
+        path = os.path.join(_start_dir(self.workdir), _file_name(set_name, image_name))
+        data.write_image(path, metrics.to_uint8(sr))
     document = results_document(0, self.scale, dataset_results)
     _write_atomic(self._path(START_RESULTS), json.dumps(document, indent=2, allow_nan=False))
     if self.writer is not None:

@@ -115,11 +115,3 @@ def zoom_comparison_figure(
   ]
   tiles.append(_captioned(zoomed(hr), "HR"))
   return _side_by_side(tiles)
-
-
-def comparison_figure(
-  bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray, scale: int, model_name: str = "model"
-) -> Image.Image:
-  """bicubic | model | HR as zoomed crops beside the marked HR overview (all HR-sized RGB in
-  [0, 1] or uint8); what training writes to comparison.png."""
-  return zoom_comparison_figure([("bicubic", bicubic), (model_name, sr)], hr, scale)

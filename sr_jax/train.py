@@ -11,7 +11,7 @@ checkpoint; a resumed run builds its state abstractly and restores it.
 import functools
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 from absl import logging
 from flax import nnx
@@ -177,12 +177,13 @@ def _load_eval_sets(config: ml_collections.ConfigDict) -> list[evaluate.EvalSet]
   )
 
 
-def _evaluate(config, trainer: Trainer, state: TrainState, eval_sets) -> tuple[dict, Any]:
-  """Results on every eval set, and the comparison figure of the first image."""
-  predict = trainer.predictor(state)
-  results = evaluate.evaluate(predict, eval_sets, config.data.scale, bucket=config.eval.bucket)
-  figure = evaluate.example_figure(predict, eval_sets[0], config.data.scale, config.model.name)
-  return results, figure
+def _evaluate(config, trainer: Trainer, state: TrainState, eval_sets) -> tuple[dict, dict]:
+  """Results on every eval set, and the SR images (for the figures)."""
+  outputs = {}
+  results = evaluate.evaluate(
+    trainer.predictor(state), eval_sets, config.data.scale, config.eval.bucket, outputs
+  )
+  return results, outputs
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -213,7 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = train_logging.MetricWriter(workdir, enabled=is_main, truncate_after_step=start_step)
   reporter = evaluate.Reporter(workdir, config.data.scale, config.model.name, writer, is_main)
   if eval_sets and start_step == 0 and config.train.eval_at_start:
-    reporter.report_start(_evaluate(config, trainer, state, eval_sets)[0])
+    results, outputs = _evaluate(config, trainer, state, eval_sets)
+    reporter.report_start(results, eval_sets, outputs)
 
   train = config.train
   progress = tqdm.tqdm(
@@ -243,8 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['learning_rate']:.2e}")
       eval_metrics = None
       if should_eval:
-        results, figure = _evaluate(config, trainer, state, eval_sets)
-        logging.info("step %d evaluation:\n%s", step, reporter.report(step, results, figure))
+        results, outputs = _evaluate(config, trainer, state, eval_sets)
+        table = reporter.report(step, results, eval_sets, outputs)
+        logging.info("step %d evaluation:\n%s", step, table)
         eval_metrics = {checkpointing.BEST_METRIC: evaluate.mean_psnr_y(results)}
       if should_save:
         checkpointing.save(manager, step, state, train_iter, eval_metrics)

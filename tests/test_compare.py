@@ -30,12 +30,6 @@ def test_zoom_figure_layout_and_crop_checks():
     figures.zoom_comparison_figure([("x", hr[:20])], hr, 2)
 
 
-def test_comparison_figure_keeps_its_signature():
-  hr = RNG.random((32, 32, 3)).astype(np.float32)
-  figure = figures.comparison_figure(hr * 0.9, hr, hr, 2, "edsr")  # as train.py calls it
-  assert isinstance(figure, Image.Image) and figure.height == 192 + figures.CAPTION_HEIGHT
-
-
 @pytest.fixture
 def hr_folder(tmp_path):
   folder = tmp_path / "hr"

@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from configs import default as default_config
@@ -98,7 +99,12 @@ def test_train_step_on_8_devices_equals_1_device():
 
 def test_launch_train_then_eval_mode(tmp_path):
   workdir = tmp_path / "run"
-  overrides = {"train.steps": 4, "train.eval_every_steps": 2, "eval.dirs": ("embedded:val",)}
+  overrides = {
+    "train.steps": 4,
+    "train.eval_every_steps": 2,
+    "train.eval_at_start": True,
+    "eval.dirs": ("embedded:val",),
+  }
   subprocess.run(
     launch_command(workdir, overrides=overrides),
     check=True,
@@ -116,6 +122,12 @@ def test_launch_train_then_eval_mode(tmp_path):
   assert set(val) == {"psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y", "num_images"}
   assert val["num_images"] >= 1 and 15 < val["bicubic_psnr_y"] < 60
   assert (workdir / "comparison.png").exists() and (workdir / "config.json").exists()
+  # One figure per eval image and evaluation; step 0's SR images are the "before" panels.
+  figures = workdir / "figures"
+  before = figures / "step0000000" / "embedded_val__chelsea.png"
+  after = figures / "step0000004" / "embedded_val__chelsea.png"
+  assert (figures / "sr_step0000000" / "embedded_val__chelsea.png").exists()
+  assert Image.open(after).width > Image.open(before).width  # + the step-0 panel
   assert any(name.startswith("events") for name in os.listdir(workdir / "tensorboard"))
 
   run_results = (workdir / "eval_results.json").read_text()
