@@ -156,6 +156,20 @@ def test_load_pretrained_sr_pth_params_ema_and_safetensors(tmp_path):
     assert err <= 1e-4, f"{name}: max |jax - torch| / max |torch| = {err:.2e}"
 
 
+def test_load_sr_weights_checks_the_hyperparameters(tmp_path):
+  torch_net, state = _reference("classical_x4_two_layers")
+  torch.save(torch_net.state_dict(), tmp_path / "net.pth")
+  found = swinir.detect_swinir(state)
+  net = swinir.SwinIR(**found, rngs=nnx.Rngs(1))
+  assert pretrained.load_sr_weights(net, tmp_path / "net.pth").ok
+  lr = _lr("classical_x4_two_layers")
+  err = _relative_error(net(lr), _torch_forward(torch_net, lr))
+  assert err <= 1e-4, f"max |jax - torch| / max |torch| = {err:.2e}"
+  other = swinir.SwinIR(**dict(found, window_size=8), rngs=nnx.Rngs(1))
+  with pytest.raises(ValueError, match="window_size: requested 8, file has 4"):
+    pretrained.load_sr_weights(other, tmp_path / "net.pth")
+
+
 def test_infer_architecture_says_swinir():
   _, state = _reference("lightweight_x3")
   arch, found = pretrained.infer_architecture(state)
