@@ -22,6 +22,9 @@ from sr_jax import sharding, train  # noqa: E402
 from sr_jax.models import create_model, dat, load_pretrained_sr, pretrained  # noqa: E402
 from sr_jax.weights import merge, porting  # noqa: E402
 
+# spandrel builds its position tables with torch.meshgrid without `indexing=`.
+pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
+
 # Two groups: block 2 of group 0 and block 0 of group 1 shift their windows. Few distinct shapes
 # (each new one compiles its ops once): split (2, 4) or (1, 3) (shift 0 on one side), 4 heads.
 TINY = dict(embed_dim=32, split_size=[2, 4], depth=[3, 1], num_heads=[4, 4], expansion_factor=4.0)

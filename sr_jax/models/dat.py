@@ -153,8 +153,8 @@ class SpatialAttention(nnx.Module):
 
 
 class AdaptiveInteraction(nnx.Module):
-  """The depthwise-conv branch and the two gates shared by both attention kinds (the reference
-  keeps them as attributes of each attention module; here too, through this mixin)."""
+  """The depthwise-conv branch and the two gates of both attention kinds (adaptive interaction
+  module); attributes of each attention module, as in the reference."""
 
   def _init_interaction(self, dim: int, rngs: nnx.Rngs):
     self.dwconv = nnx.List([depthwise3x3(dim, rngs), batch_norm(dim, rngs)])
