@@ -12,7 +12,7 @@ from flax import nnx
 import jax
 import ml_collections
 
-from sr_jax import checkpointing, models, workdirs
+from sr_jax import checkpointing, models, utils, workdirs
 
 
 def forward(graphdef: nnx.GraphDef, state: Any, lr: jax.Array) -> jax.Array:
@@ -38,7 +38,9 @@ def restore_model(
   Returns (model on `device` (default: the first local one), step, the run's config).
   """
   config = workdirs.load_config(workdir)
-  model = nnx.eval_shape(lambda: models.create_model(config.model, config.data.scale, nnx.Rngs(0)))
+  model = utils.eval_shape_module(
+    lambda rngs: models.create_model(config.model, config.data.scale, rngs)
+  )
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   one_device = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   template = {inference_weights_key(config): params, "model_state": model_state}
@@ -91,7 +93,7 @@ def load_model(
     model_config = ml_collections.ConfigDict({"name": model_name})
     # Shapes only: refusing a network with (untrained) parameters should not cost initialising it.
     try:
-      abstract = nnx.eval_shape(lambda: models.create_model(model_config, scale, nnx.Rngs(0)))
+      abstract = utils.eval_shape_module(lambda r: models.create_model(model_config, scale, r))
     except AttributeError:  # a network whose config has hyperparameters: not parameter-free
       abstract = None
     if abstract is None or jax.tree.leaves(nnx.state(abstract, nnx.Param)):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sr_jax import models, sharding
+from sr_jax import models, sharding, utils
 
 TrainState = dict[str, Any]
 
@@ -64,7 +64,9 @@ def abstract_train_state(
 ) -> tuple[nnx.GraphDef, TrainState]:
   """Shapes, dtypes and shardings (`sharding.state_shardings`) of the train state: the template a
   checkpoint is restored into. Nothing is initialised and no file is read."""
-  model = nnx.eval_shape(lambda: _model(config, load_weights=False))
+  model = utils.eval_shape_module(
+    lambda rngs: models.create_model(config.model, config.data.scale, rngs)
+  )
   graphdef, state = _state_of(model, config, tx, loss_state, _abstract)
   state = jax.tree.map(_abstract, state)
   return graphdef, with_shardings(state, sharding.state_shardings(state, mesh))

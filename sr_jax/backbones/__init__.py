@@ -24,6 +24,7 @@ from typing import Iterable
 from absl import logging
 from flax import nnx
 
+from sr_jax import utils
 from sr_jax.backbones.batchnorm import Identity, fold_batchnorm, set_bn_frozen
 from sr_jax.backbones.efficientnet_lite import EfficientNetLite, efficientnet_lite0
 from sr_jax.backbones.resnet import RESNET_CONFIGS, ResNet, resnet
@@ -176,7 +177,9 @@ def create_backbone(
   else:
     # Build abstractly, load, then initialise only what the checkpoint did not provide:
     # random init compiles one program per weight shape (seconds on CPU), loading does not.
-    net = nnx.eval_shape(lambda: _build(name, num_classes=num_classes, head=head, rngs=nnx.Rngs(0)))
+    net = utils.eval_shape_module(
+      lambda rngs: _build(name, num_classes=num_classes, head=head, rngs=rngs)
+    )
     load_backbone_weights(
       net, name, weights, strict=strict, dont_load=dont_load, cache_dir=cache_dir
     )

@@ -18,7 +18,7 @@ import os
 from flax import nnx
 import numpy as np
 
-from sr_jax import backbones
+from sr_jax import backbones, utils
 from sr_jax.models import pretrained
 from sr_jax.weights import merge, porting, registry
 from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint, save_sr_jax
@@ -81,7 +81,7 @@ def convert(src: str, dst: str, arch: str | None = None, verify: bool = True) ->
     arch, kwargs, arrays = pretrained.sr_arrays(path, arch)
     if verify:
       cls = pretrained.ARCHITECTURES[arch].module
-      net = nnx.eval_shape(lambda: cls(**kwargs, rngs=nnx.Rngs(0)))
+      net = utils.eval_shape_module(lambda rngs: cls(**kwargs, rngs=rngs))
       check = merge.load_state(net, arrays, strict=True).summary()
   meta = {"sr_jax.source": os.path.basename(path), "sr_jax.source_sha256": registry.sha256_of(path)}
   save_sr_jax(dst, arrays, arch=None if arch == "none" else arch, arch_kwargs=kwargs, metadata=meta)

@@ -22,6 +22,7 @@ from flax import nnx
 import ml_collections
 import numpy as np
 
+from sr_jax import utils
 from sr_jax.models import (
   dat,
   esrgan,
@@ -256,7 +257,7 @@ def load_pretrained_sr(
     raise ValueError(f"unknown architecture {build_arch!r}; known: {sorted(ARCHITECTURES)}")
   cls = ARCHITECTURES[build_arch].module
   # Shapes only, then the file's values: no random init to compile for what gets overwritten.
-  net = nnx.eval_shape(lambda: cls(**build_kwargs, rngs=nnx.Rngs(0)))
+  net = utils.eval_shape_module(lambda rngs: cls(**build_kwargs, rngs=rngs))
   merge.load_state(net, sr_file.arrays(build_arch), strict=True, source=sr_file.source)
   merge.init_abstract(net, rngs if rngs is not None else nnx.Rngs(0))
   return net
