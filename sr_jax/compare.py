@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     "--tile", type=int, default=tiling.DEFAULT_TILE, help="LR tile core side; 0 = untiled"
   )
   parser.add_argument(
-    "--tile_overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="LR context per side"
+    "--tile_overlap", type=int, help="LR context per side; default: each network's"
   )
   return parser.parse_args(argv)
 
@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     (
       label,
       tiling.upscale_fn(
-        tiling.make_tile_fn(model), scale, tile, args.tile_overlap, tiling.input_multiple(model)
+        tiling.make_tile_fn(model),
+        scale,
+        tile,
+        tiling.default_overlap(model) if args.tile_overlap is None else args.tile_overlap,
+        tiling.input_multiple(model),
       ),
     )
     for label, model in models

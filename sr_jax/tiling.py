@@ -96,6 +96,12 @@ def make_tile_fn(model: nnx.Module, device: jax.Device | None = None) -> TileFn:
   return tile_fn
 
 
+def default_overlap(model: nnx.Module) -> int:
+  """LR context per tile side for `model`: its `tile_overlap` attribute (windowed attention sees
+  further than the convs' receptive field, see README), else DEFAULT_OVERLAP."""
+  return int(getattr(model, "tile_overlap", DEFAULT_OVERLAP))
+
+
 def input_multiple(model: nnx.Module) -> int:
   """What LR sizes must be multiples of: 2 / 4 for RRDBNet x2 / x1 (pixel unshuffle), else 1."""
   return int(getattr(model, "unshuffle", 1) or 1)

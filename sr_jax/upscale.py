@@ -120,7 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     "--tile", type=int, default=tiling.DEFAULT_TILE, help="LR tile core side; 0 = whole image"
   )
   parser.add_argument(
-    "--tile_overlap", type=int, default=tiling.DEFAULT_OVERLAP, help="LR context pixels per side"
+    "--tile_overlap",
+    type=int,
+    help="LR context pixels per side; default: the network's (tiling.default_overlap)",
   )
   parser.add_argument("--batch_size", type=int, default=1, help="tiles per network call")
   return parser.parse_args(argv)
@@ -143,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
   if not jobs:
     print(f"error: no image files in {args.input!r}", file=sys.stderr)
     return 2
+  overlap = tiling.default_overlap(model) if args.tile_overlap is None else args.tile_overlap
   tile = args.tile if args.tile > 0 else None
   print(
     f"{description} x{model.scale}: {len(jobs)} image(s) -> {args.output} "
-    f"(tile {tile or 'off'}, overlap {args.tile_overlap})",
+    f"(tile {tile or 'off'}, overlap {overlap})",
     file=sys.stderr,
   )
   failures = upscale_files(
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs,
     model.scale,
     tile,
-    args.tile_overlap,
+    overlap,
     tiling.input_multiple(model),
     args.batch_size,
   )

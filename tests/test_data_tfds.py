@@ -106,7 +106,7 @@ def test_subimage_windows_follow_basicsr():
   np.testing.assert_array_equal(crops[-1], image[18:, 38:])
 
 
-def test_prepare_paired_subimages(tmp_path, photo_dir):
+def test_prepare_paired_subimages(tmp_path, photo_dir, capsys):
   hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
   hr_dir.mkdir()
   lr_dir.mkdir()
@@ -146,6 +146,10 @@ def test_prepare_paired_subimages(tmp_path, photo_dir):
   # Stored LR crops match the bicubic LR of their HR crops (the LR was made that way).
   for lr, hr in zip(batch["lr"], batch["hr"]):
     assert np.abs(lr - data.make_lr(hr, 4))[1:-1, 1:-1].max() <= 1.01 / 255
+  # The command line's hint says how to read it: paired LR is used only with degradation=paired.
+  args = [f"--data_dir={tmp_path / 'tfds'}", f"--hr_dir={hr_dir}", f"--lr_dir={lr_dir}"]
+  assert prepare.main(["--name=paired_cli", *args, "--scale=4"]) == 0
+  assert "--config.data.degradation=paired" in capsys.readouterr().out
 
 
 def test_prepare_cli_and_errors(tmp_path, photo_dir, capsys):
