@@ -22,7 +22,7 @@ import numpy as np
 import protocol
 import specs
 
-from sr_jax import conv, inference, models, sharding, tiling, train
+from sr_jax import conv, inference, models, sharding, tiling, train, train_step
 
 _current = {}  # the model under test: its timer and compiled program
 _OPTIONS = {"infer_over": "rows"}  # set from the command line
@@ -156,7 +156,7 @@ def _train_flops(config, trainer: train.Trainer, batch: dict) -> float | None:
   graphdef = _lax_conv_graphdef(
     trainer.graphdef, state["params"], state["model_state"], filters=(nnx.Param, ...)
   )
-  return _flops(jax.jit(train.make_step_fn(config, graphdef)), state, batch)
+  return _flops(jax.jit(train_step.make_step_fn(config, graphdef)), state, batch)
 
 
 def _setup_train(model: str) -> dict:

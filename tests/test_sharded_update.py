@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import checkpointing, optim, sharding, train, train_logging, train_state
+from sr_jax import checkpointing, optim, sharding, train, train_logging, train_state, train_step
 from tests.test_train import L1, tiny_config
 
 
@@ -86,7 +86,7 @@ def test_sharded_step_equals_replicated_step(split_everything):
       state = sharding.replicate(state, mesh)
       out_state = sharding.replicated(mesh)
     step = jax.jit(
-      train.make_train_step(
+      train_step.make_train_step(
         graphdef, tx, schedule, config.train.ema_decay, L1, mesh=mesh if mode == "split" else None
       ),
       donate_argnums=(0,),

@@ -13,7 +13,16 @@ from PIL import Image
 import pytest
 
 from configs import default as default_config
-from sr_jax import checkpointing, losses, optim, sharding, train, train_logging, train_state
+from sr_jax import (
+  checkpointing,
+  losses,
+  optim,
+  sharding,
+  train,
+  train_logging,
+  train_state,
+  train_step,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,7 +92,7 @@ def test_train_step_on_8_devices_equals_1_device():
     graphdef, state = train_state.create_train_state(config, tx)
     state = sharding.replicate(state, mesh)
     step = jax.jit(
-      train.make_train_step(graphdef, tx, schedule, config.train.ema_decay, L1),
+      train_step.make_train_step(graphdef, tx, schedule, config.train.ema_decay, L1),
       out_shardings=(sharding.replicated(mesh),) * 2,
     )
     global_batch = sharding.global_batch(batch, mesh)

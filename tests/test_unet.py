@@ -14,7 +14,7 @@ from configs import (
   unet_resnet34_x4,
   unet_resnet34_x4_scratch,
 )
-from sr_jax import losses, models, optim, train, train_state
+from sr_jax import losses, models, optim, train_state, train_step
 from sr_jax.backbones import create_backbone
 from sr_jax.models.layers import resize_bicubic
 from sr_jax.models.unet import UNetSR
@@ -103,7 +103,8 @@ def _train_states(config, num_steps):
   schedule, tx = optim.from_config(config)
   graphdef, state = train_state.create_train_state(config, tx)
   states = [jax.tree.map(np.asarray, state)]
-  step = jax.jit(train.make_train_step(graphdef, tx, schedule, 0.0, losses.Loss(l1_weight=1.0)))
+  l1 = losses.Loss(l1_weight=1.0)
+  step = jax.jit(train_step.make_train_step(graphdef, tx, schedule, 0.0, l1))
   rng = np.random.default_rng(0)
   batch = {
     "lr": rng.uniform(size=(2, 32, 32, 3)).astype(np.float32),
