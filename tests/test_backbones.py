@@ -273,4 +273,7 @@ def test_unknown_backbone():
     "resnet101",
     "resnet152",
     "efficientnet_lite0",
+    "vgg16",
+    "vgg19",
+    "alexnet",
   )

@@ -1,9 +1,14 @@
-"""Pretrained ImageNet backbones in Flax NNX: torchvision ResNets and EfficientNet-Lite0.
+"""Pretrained ImageNet backbones in Flax NNX: torchvision ResNets, VGG-16/19 and AlexNet, and
+EfficientNet-Lite0.
 
     from sr_jax.backbones import create_backbone
     net = create_backbone("resnet50", weights="/path/resnet50.pth", head=True)
     logits = net(images)          # float32 NHWC, ImageNet mean/std normalised -> [N, 1000]
-    feats = net.features(images)  # 5 maps at strides 2, 4, 8, 16, 32
+    feats = net.features(images)  # 5 maps at strides 2, 4, 8, 16, 32 (ResNet, EfficientNet)
+
+VGG's `features` are the last ReLU of each stage (strides 1..16, LPIPS's taps) and
+`named_features(x, ["conv5_4", ...])` returns layers by BasicSR name (the Real-ESRGAN
+perceptual loss); AlexNet's are relu1..relu5. `net.feature_strides` says which.
 
 `weights` is None (random init), a local file (torchvision `.pth`, timm `.safetensors`, or an
 sr_jax-converted `.safetensors`), or a registry name such as "torchvision:resnet50" (see
@@ -25,9 +30,11 @@ from absl import logging
 from flax import nnx
 
 from sr_jax import utils
+from sr_jax.backbones.alexnet import AlexNet, alexnet
 from sr_jax.backbones.batchnorm import Identity, fold_batchnorm, set_bn_frozen
 from sr_jax.backbones.efficientnet_lite import EfficientNetLite, efficientnet_lite0
 from sr_jax.backbones.resnet import RESNET_CONFIGS, ResNet, resnet
+from sr_jax.backbones.vgg import VGG, VGG_CLASSES, VGG_CONFIGS, vgg
 from sr_jax.weights import porting, registry
 from sr_jax.weights.checkpoint import read_checkpoint
 from sr_jax.weights.merge import LoadReport, init_abstract, load_state
@@ -43,18 +50,23 @@ __all__ = [
   "Identity",
   "ResNet",
   "EfficientNetLite",
+  "VGG",
+  "AlexNet",
 ]
 
-BACKBONES = (*RESNET_CONFIGS, "efficientnet_lite0")
+BACKBONES = (*RESNET_CONFIGS, "efficientnet_lite0", *VGG_CONFIGS, "alexnet")
 # Default registry entry per architecture, for weights="imagenet".
 _IMAGENET = {
   **{name: f"torchvision:{name}" for name in RESNET_CONFIGS},
   "efficientnet_lite0": "efficientnet_lite0",
+  **{name: f"torchvision:{name}" for name in (*VGG_CONFIGS, "alexnet")},
 }
 # The class of each backbone; its `port_rules` map PyTorch names onto it.
 _CLASSES: dict[str, type[nnx.Module]] = {
   **{name: ResNet for name in RESNET_CONFIGS},
   "efficientnet_lite0": EfficientNetLite,
+  **VGG_CLASSES,
+  "alexnet": AlexNet,
 }
 
 
@@ -63,6 +75,8 @@ def detect_backbone(torch_keys) -> str | None:
   keys = set(torch_keys)
   if "_conv_stem.weight" in keys and "_blocks.15._project_conv.weight" in keys:
     return "efficientnet_lite0"
+  if "features.0.weight" in keys and "layer1.0.conv1.weight" not in keys:
+    return _detect_vgg_or_alexnet(keys)
   if "layer1.0.conv1.weight" not in keys:
     return None
   bottleneck = "layer1.0.conv3.weight" in keys
@@ -75,11 +89,23 @@ def detect_backbone(torch_keys) -> str | None:
   return None
 
 
+def _detect_vgg_or_alexnet(keys: set) -> str | None:
+  convs = {k.rpartition(".")[0] for k in keys if k.startswith("features.")}
+  for name, cls in {**VGG_CLASSES, "alexnet": AlexNet}.items():
+    if convs == {path for path in cls.torchvision_names if path.startswith("features.")}:
+      return name
+  return None
+
+
 def _build(name: str, *, num_classes: int, head: bool, rngs: nnx.Rngs) -> nnx.Module:
   if name in RESNET_CONFIGS:
     return resnet(name, num_classes=num_classes, head=head, rngs=rngs)
   if name == "efficientnet_lite0":
     return efficientnet_lite0(num_classes=num_classes, head=head, rngs=rngs)
+  if name in VGG_CONFIGS:
+    return vgg(name, num_classes=num_classes, head=head, rngs=rngs)
+  if name == "alexnet":
+    return alexnet(num_classes=num_classes, head=head, rngs=rngs)
   raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
 
 
@@ -124,7 +150,9 @@ def load_backbone_weights(
   arrays = backbone_arrays(name, path)
   dont_load = list(dont_load)
   fc = getattr(net, "fc", None)
-  if fc is None or ("fc.kernel" in arrays and arrays["fc.kernel"].shape != fc.kernel.shape):
+  if fc is None:  # no head: leave out the whole classifier (VGG / AlexNet: pre_logits too)
+    dont_load.extend(getattr(net, "head_keys", ("fc.*",)))
+  elif "fc.kernel" in arrays and arrays["fc.kernel"].shape != fc.kernel.shape:
     dont_load.append("fc.*")
   report = load_state(net, arrays, dont_load=dont_load, strict=strict, source=path)
   if report.ok:
@@ -151,7 +179,7 @@ def create_backbone(
 
   Args:
     name: one of `resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152`,
-      `efficientnet_lite0`.
+      `efficientnet_lite0`, `vgg16`, `vgg19`, `alexnet`.
     weights: None (random init), a local file, a registry name ("torchvision:resnet50",
       "efficientnet_lite0", ...) or "imagenet" (the architecture's default entry).
     head: keep the ImageNet classifier; without it `net(x)` returns pooled features.
@@ -165,7 +193,8 @@ def create_backbone(
     cache_dir: download cache for registry names (default `$SR_JAX_CACHE` or ~/.cache/sr_jax).
 
   Returns:
-    The `nnx.Module`, with `features(x)` (strides 2, 4, 8, 16, 32), `feature_channels`,
+    The `nnx.Module`, with `features(x)` (at `feature_strides`: 2..32 for ResNet and
+    EfficientNet, 1..16 for VGG, 4..16 for AlexNet), `feature_channels`,
     `feature_strides` and `num_features`.
   """
   if rngs is None:

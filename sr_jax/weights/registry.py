@@ -154,6 +154,29 @@ CHECKPOINTS: tuple[Entry, ...] = (
     "394f9c45966e3651a89bbb78a48410a6755854ce4a5ab64927cf1c7247f85e58",
     "torchvision:resnet152.IMAGENET1K_V1",
   ),
+  # VGG and AlexNet: the Real-ESRGAN perceptual loss (vgg19) and LPIPS's backbones (vgg16, alexnet).
+  *_torchvision(
+    "vgg16",
+    "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+    "torchvision:vgg16.IMAGENET1K_V1",
+  ),
+  *_torchvision(
+    "vgg19",
+    "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
+    "torchvision:vgg19.IMAGENET1K_V1",
+  ),
+  *(
+    Entry(
+      name,
+      f"{_TORCHVISION}/alexnet-owt-7be5be79.pth",
+      "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+      "alexnet-owt-7be5be79.pth",
+      _BSD3,
+      "torchvision IMAGENET1K_V1; full sha256 from public pin tables, matches the file-name prefix",
+      "alexnet",
+    )
+    for name in ("torchvision:alexnet", "torchvision:alexnet.IMAGENET1K_V1")
+  ),
   Entry(
     "torchvision:resnet50.IMAGENET1K_V2",
     f"{_TORCHVISION}/resnet50-11ad3fa6.pth",
