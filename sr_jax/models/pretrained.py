@@ -40,6 +40,7 @@ from sr_jax.models import (
 from sr_jax.models.architecture import Architecture
 from sr_jax.weights import merge, porting, registry
 from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint
+from sr_jax.weights.errors import WeightsError
 
 __all__ = [
   "ARCHITECTURES",
@@ -97,8 +98,8 @@ def infer_architecture(state: dict[str, np.ndarray], source: str = "") -> tuple[
     if arch.matches(state):
       try:
         return arch.name, arch.detect(state)
-      except (ValueError, IndexError, KeyError) as e:
-        raise ValueError(f"{where}looks like {arch.name} but {e}; a truncated file?") from e
+      except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as e:
+        raise WeightsError(f"{where}looks like {arch.name} but {e}; a truncated file?") from e
   candidates = "; ".join(f"{a.name} needs {', '.join(a.signature)}" for a in ARCHITECTURES.values())
   keys = sorted(state)
   raise ValueError(
@@ -200,7 +201,8 @@ def load_sr_weights(net: nnx.Module, path_or_name: str | os.PathLike) -> merge.L
   sr_file = _read(path_or_name)
   found_arch, found = sr_file.detect()
   if found_arch == arch:
-    _check_expected(sr_file.source, found_arch, found, None, {k: getattr(net, k) for k in found})
+    expected = {k: getattr(net, k, None) for k in found}  # a key the net lacks: a mismatch
+    _check_expected(sr_file.source, found_arch, found, None, expected)
   else:
     _check_expected(sr_file.source, found_arch, found, arch, {})
   return merge.load_state(net, sr_file.arrays(arch), strict=True, source=sr_file.source)
@@ -254,10 +256,15 @@ def load_pretrained_sr(
       found_arch, found = arch, {}
     build_arch, build_kwargs = found_arch, {**found, **requested}
   if build_arch not in ARCHITECTURES:
-    raise ValueError(f"unknown architecture {build_arch!r}; known: {sorted(ARCHITECTURES)}")
+    raise ValueError(
+      f"{sr_file.source}: unknown architecture {build_arch!r}; known: {sorted(ARCHITECTURES)}"
+    )
   cls = ARCHITECTURES[build_arch].module
   # Shapes only, then the file's values: no random init to compile for what gets overwritten.
-  net = utils.eval_shape_module(lambda rngs: cls(**build_kwargs, rngs=rngs))
+  try:
+    net = utils.eval_shape_module(lambda rngs: cls(**build_kwargs, rngs=rngs))
+  except (TypeError, ValueError, ArithmeticError) as e:  # hyperparameters the file states
+    raise WeightsError(f"{sr_file.source}: cannot build {build_arch}({build_kwargs}): {e}") from e
   merge.load_state(net, sr_file.arrays(build_arch), strict=True, source=sr_file.source)
   merge.init_abstract(net, rngs if rngs is not None else nnx.Rngs(0))
   return net

@@ -10,9 +10,13 @@ Architecture-agnostic: the architectures (`sr_jax.models`, `sr_jax.backbones`) b
 - `merge.load_state` / `merge.flatten_state`: flat arrays <-> an NNX module's state.
 - `convert.convert`: any supported file -> sr_jax's own `.safetensors` (imports the
   architectures, so it is not imported here).
+
+Every file that is corrupt, hostile, over a reader's budget or not what it claims raises a
+`WeightsError` (a `ValueError`) whose message names the file, in one line.
 """
 
 from sr_jax.weights.checkpoint import Checkpoint, read_checkpoint, save_sr_jax, unwrap_state_dict
+from sr_jax.weights.errors import WeightsError
 from sr_jax.weights.merge import LoadReport, StateMismatchError, flatten_state, load_state
 from sr_jax.weights.porting import PortRules, torch_to_nnx
 from sr_jax.weights.registry import register, resolve
@@ -24,6 +28,7 @@ __all__ = [
   "PortRules",
   "StateMismatchError",
   "UnsafeCheckpointError",
+  "WeightsError",
   "flatten_state",
   "load_state",
   "load_torch_file",

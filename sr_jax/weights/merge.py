@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sr_jax.weights.errors import WeightsError
+
 __all__ = [
   "LoadReport",
   "StateMismatchError",
@@ -116,6 +118,14 @@ def matches_any(key: str, patterns: Iterable[str]) -> bool:
   return False
 
 
+def _never_cast(array_dtype, variable_dtype) -> bool:
+  """An int / bool / complex (or non-numeric) array into a float variable: a wrong file or key,
+  not a precision change (float16 / bfloat16 / float64 -> float32 is fine)."""
+  return jnp.issubdtype(variable_dtype, jnp.floating) and not jnp.issubdtype(
+    array_dtype, jnp.floating
+  )
+
+
 def load_state(
   module: nnx.Module,
   arrays: Mapping[str, np.ndarray],
@@ -128,7 +138,8 @@ def load_state(
 
   Args:
     module: the NNX module (already initialised; its shapes and dtypes are the reference).
-    arrays: `{dotted_key: array}` in NNX layout. Values are cast to the variable's dtype.
+    arrays: `{dotted_key: array}` in NNX layout. Float values are cast to the variable's dtype;
+      an int / bool / complex array for a float variable raises `WeightsError` (never cast).
     dont_load: glob or regex patterns (full match) of keys to leave at init, e.g. `("fc.*",)`;
       they apply to module keys and checkpoint keys alike.
     strict: if True, any missing, unexpected or shape-mismatched key raises
@@ -143,6 +154,7 @@ def load_state(
   variables = _variables(module)
   report = LoadReport(source=source)
   staged: dict[str, np.ndarray] = {}
+  uncastable: list[str] = []
   for key in sorted(arrays):
     value = np.asarray(arrays[key])
     if matches_any(key, dont_load):
@@ -153,8 +165,17 @@ def load_state(
       report.mismatched.append(
         (key, tuple(np.shape(variables[key].get_value())), tuple(value.shape))
       )
+    elif _never_cast(value.dtype, variables[key].get_value().dtype):
+      uncastable.append(f"{key} ({value.dtype})")
     else:
       staged[key] = value
+  if uncastable:
+    where = f"{source}: " if source else ""
+    raise WeightsError(
+      f"{where}refused to cast int/bool/complex arrays into float parameters: "
+      + ", ".join(uncastable[:8])
+      + (f" and {len(uncastable) - 8} more" if len(uncastable) > 8 else "")
+    )
   mismatched = {key for key, _, _ in report.mismatched}
   for key in sorted(variables):
     if key in staged or key in mismatched:

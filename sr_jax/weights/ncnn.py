@@ -13,6 +13,11 @@ Formats (ncnn wiki "param and model file structure"):
 - `.bin`: the weights of the layers in `.param` order. A Convolution's kernel starts with a
   4-byte flag word (0 = float32, 0x01306B47 = float16, padded to 4 bytes); its bias and PReLU
   slopes are raw float32 without a flag.
+
+Parameters are typed as ncnn's layers read them (`_PARAM_KINDS`): a float where ncnn has an int,
+an array where it has a scalar, a non-finite float (`1e999`) or an int beyond int32 is a format
+error naming file, line and layer, as are two layers with one name or two producers of one blob
+(ncnn matches both by name, so either would silently wire or load the wrong weights).
 """
 
 import dataclasses
@@ -21,6 +26,8 @@ import os
 import struct
 
 import numpy as np
+
+from sr_jax.weights.errors import WeightsError
 
 PARAM_MAGIC = 7767517
 FLAG_FP32 = 0x00000000
@@ -44,8 +51,18 @@ KNOWN_LAYER_TYPES = (
 _ACT_NONE, _ACT_LEAKY = 0, 2
 _INTERP_NEAREST, _INTERP_BICUBIC = 1, 3
 
+# How ncnn's layers read their parameter ids ("f": float, "f[]": float array); every id not
+# listed is an int. From the ncnn sources of each layer type in KNOWN_LAYER_TYPES.
+_PARAM_KINDS = {
+  "Convolution": {10: "f[]", 18: "f"},  # activation_params, pad_value
+  "Interp": {1: "f", 2: "f"},  # height_scale, width_scale
+  "BinaryOp": {2: "f"},  # the scalar b
+  "Eltwise": {1: "f[]"},  # coefficients
+}
+_INT32_RANGE = range(-(2**31), 2**31)
 
-class NcnnFormatError(ValueError):
+
+class NcnnFormatError(WeightsError):
   """A `.param` / `.bin` pair that is not a well-formed Real-ESRGAN-family ncnn model."""
 
 
@@ -111,11 +128,27 @@ def parse_param(param_path) -> list[NcnnLayer]:
       f"{lines[1] if len(lines) > 1 else '<missing>'!r}"
     ) from e
   layers = []
+  name_lines: dict[str, int] = {}
+  blob_lines: dict[str, int] = {}
   for lineno, line in enumerate(lines[2:], start=3):
     fields = line.split()
     if not fields:
       continue
-    layers.append(_parse_layer_line(fields, lineno, param_path))
+    layer = _parse_layer_line(fields, lineno, param_path)
+    if layer.name in name_lines:
+      raise NcnnFormatError(
+        f"{layer.where(param_path)}: the layer name is already used on line "
+        f"{name_lines[layer.name]}; ncnn finds weights and layers by name"
+      )
+    name_lines[layer.name] = lineno
+    for blob in layer.tops:
+      if blob in blob_lines:
+        raise NcnnFormatError(
+          f"{layer.where(param_path)}: blob {blob!r} is already produced on line "
+          f"{blob_lines[blob]}; every blob has one producer"
+        )
+      blob_lines[blob] = lineno
+    layers.append(layer)
   if len(layers) != layer_count:
     raise NcnnFormatError(
       f"{os.fspath(param_path)}: header declares {layer_count} layers, file has {len(layers)}"
@@ -150,9 +183,31 @@ def _parse_layer_line(fields: list[str], lineno: int, param_path) -> NcnnLayer:
       f"{where}: layer {name!r} has unsupported type {layer_type!r}; the Real-ESRGAN "
       f"family uses only {', '.join(KNOWN_LAYER_TYPES)}"
     )
+  kinds = _PARAM_KINDS.get(layer_type, {})
+  for key, value in params.items():
+    params[key] = _typed_param(value, kinds.get(key, "i"), f"{where}: layer {name!r} param {key}")
   return NcnnLayer(
     layer_type, name, tuple(blobs[:n_bottoms]), tuple(blobs[n_bottoms:]), params, lineno
   )
+
+
+def _typed_param(value, kind: str, where: str):
+  """`value` as ncnn's layer reads it: kind "i" (int), "f" (float) or "f[]" (float array)."""
+  if isinstance(value, tuple) != kind.endswith("[]"):
+    expected = "an array (-23300-id=count,...)" if kind.endswith("[]") else "a single value"
+    raise NcnnFormatError(f"{where}: ncnn reads {expected} here, got {value!r:.80}")
+  for item in value if isinstance(value, tuple) else (value,):
+    if isinstance(item, float) and not math.isfinite(item):
+      raise NcnnFormatError(f"{where}: {item} is not a finite number")
+    if isinstance(item, int) and item not in _INT32_RANGE:
+      raise NcnnFormatError(f"{where}: {item} does not fit ncnn's 32-bit int")
+    if isinstance(item, float) and kind == "i":
+      raise NcnnFormatError(f"{where}: ncnn reads an int here, got the float {item!r}")
+  if kind == "f":
+    return float(value)
+  if kind == "f[]":
+    return tuple(float(item) for item in value)
+  return value
 
 
 # --- .bin ----------------------------------------------------------------------------------------
@@ -169,6 +224,8 @@ class _BinReader:
 
   def _take(self, nbytes: int, what: str) -> bytes:
     end = self.offset + nbytes
+    if nbytes < 0:
+      raise NcnnFormatError(f"{self.path}: {what}: negative size ({nbytes} bytes)")
     if end > len(self.data):
       raise NcnnFormatError(
         f"{self.path}: truncated .bin: {what} needs {nbytes} bytes at offset {self.offset}, "
@@ -209,7 +266,7 @@ def _conv_kernel_shape(layer: NcnnLayer, param_path) -> tuple[int, int, int, int
   p = layer.params
   out_ch, kw = p.get(0, 0), p.get(1, 0)
   kh, size = p.get(11, kw), p.get(6, 0)
-  if out_ch <= 0 or kw <= 0 or size <= 0 or size % (out_ch * kh * kw):
+  if out_ch <= 0 or kw <= 0 or kh <= 0 or size <= 0 or size % (out_ch * kh * kw):
     raise NcnnFormatError(
       f"{layer.where(param_path)}: weight_data_size 6={size} is not num_output 0={out_ch} x "
       f"kernel {kh}x{kw} x input channels"

@@ -9,14 +9,33 @@ Both formats `torch.save` writes are read:
 - the zip format (torch >= 1.6): `<prefix>/data.pkl` plus one raw record per storage;
 - the legacy format (one stream: magic, protocol, sys info, the pickle, storage keys, then
   each storage as int64 numel + raw bytes), still used by many published files.
+
+A hostile file of a few KB must not cost more than a small multiple of the tensor bytes it
+declares, so every cost has a budget, checked before it is paid:
+- each pickle is walked opcode by opcode first (`pickletools.genops`, builds nothing): at most
+  `MAX_PICKLE_OPS` opcodes, and memo indices no larger than the opcode count (the C unpickler
+  sizes its memo table by the largest index it is given);
+- bytes read: a storage record is read in bounded chunks, never more than the pickle declares
+  for it, and the declared total may exceed the file's size only by `MAX_INFLATION` times (torch
+  stores records uncompressed; a 1 MB zip whose record inflates to 1 GiB is refused unread);
+- tensors: a contiguous tensor is a view of its storage; a strided one is copied, and may hold no
+  more elements than its storage (a stride-0 "expanded" view of a huge shape is refused); a
+  tensor the pickle references many times (memo) is built once and shared;
+- the object tree: nesting at most `MAX_DEPTH` deep and at most `MAX_OBJECTS` objects counting
+  every reference to a shared one ("billion laughs" lists fail at once, not after exponential
+  time);
+- the allowed callables are frozen stand-ins, made anew for each load: BUILD on them is refused.
+Every refusal is a `WeightsError` (a `ValueError`) naming the file.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
+import pickletools
 import struct
 from typing import Any
 import zipfile
@@ -24,9 +43,21 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from sr_jax.weights.errors import WeightsError
+
 __all__ = ["UnsafeCheckpointError", "CheckpointFormatError", "load_torch_file", "flatten_tensors"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+# Budgets (see the module docstring). Real checkpoints stay far below each: ~20 opcodes, one
+# object and nesting 2-4 per tensor; storages exactly as large as the records that hold them.
+MAX_PICKLE_OPS = 4_000_000
+MAX_OBJECTS = 1 << 20
+MAX_DEPTH = 100
+MAX_INFLATION = 64
+INFLATION_SLACK = 16 << 20  # bytes: small compressed files may inflate freely up to this
+_READ_CHUNK = 1 << 20
+_MAX_NDIM = 64  # numpy's limit
 
 # torch storage class name -> numpy dtype (little endian; byte order fixed up on read).
 _STORAGE_DTYPES = {
@@ -66,12 +97,14 @@ _TORCH_DTYPES = {
 }
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-  """The checkpoint asks for a global outside the allow-list (it may try to run code)."""
+class UnsafeCheckpointError(WeightsError, pickle.UnpicklingError):
+  """The checkpoint asks for a global outside the allow-list (it may try to run code), or tries
+  to change one of the allowed ones."""
 
 
-class CheckpointFormatError(ValueError):
-  """The checkpoint is not a readable torch file, or its tensors are inconsistent."""
+class CheckpointFormatError(WeightsError):
+  """The checkpoint is not a readable torch file, its tensors are inconsistent, or it is over
+  one of the budgets."""
 
 
 class _NoBuild:
@@ -81,6 +114,18 @@ class _NoBuild:
 
   def __setstate__(self, state):
     raise UnsafeCheckpointError(f"refused to set state on a {type(self).__name__[1:]}")
+
+
+class _Callable(_NoBuild):
+  """An allowed callable as the pickle sees it: it can call it, never change it (BUILD)."""
+
+  __slots__ = ("_function",)
+
+  def __init__(self, function):
+    self._function = function
+
+  def __call__(self, *args):
+    return self._function(*args)
 
 
 class _StorageType(_NoBuild):
@@ -102,7 +147,7 @@ class _TorchDtype(_NoBuild):
 
 
 class _Storage(_NoBuild):
-  """A flat storage; `data` (a 1-D numpy array) may be filled in after unpickling (legacy)."""
+  """A flat storage; `data` (a 1-D numpy array) is filled in after unpickling."""
 
   __slots__ = ("key", "dtype", "numel", "data", "root", "offset")
 
@@ -113,9 +158,19 @@ class _Storage(_NoBuild):
     self.data: np.ndarray | None = None
     self.root, self.offset = root, offset  # legacy storage views share a root storage
 
+  @property
+  def nbytes(self) -> int:
+    return self.numel * self.dtype.itemsize
+
   def array(self) -> np.ndarray:
     if self.root is not None:
-      return self.root.array()[self.offset : self.offset + self.numel]
+      root = self.root.array()
+      if self.offset + self.numel > root.size:
+        raise CheckpointFormatError(
+          f"storage view {self.key!r} ({self.numel} elements at {self.offset}) ends past its "
+          f"storage {self.root.key!r} ({root.size} elements)"
+        )
+      return root[self.offset : self.offset + self.numel]
     if self.data is None:
       raise CheckpointFormatError(f"storage {self.key!r} has no data record")
     return self.data
@@ -136,9 +191,15 @@ class _PendingTensor(_NoBuild):
     )
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_ints(name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
-  if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) for v in value):
-    raise CheckpointFormatError(f"tensor {name} must be a tuple of ints, got {value!r}")
+  if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
+    raise CheckpointFormatError(f"tensor {name} must be a tuple of ints, got {value!r:.200}")
+  if len(value) > _MAX_NDIM:
+    raise CheckpointFormatError(f"tensor {name} has {len(value)} dimensions (at most {_MAX_NDIM})")
   if length is not None and len(value) != length:
     raise CheckpointFormatError(f"tensor size and stride differ in length: {value!r}")
   return tuple(value)
@@ -147,11 +208,11 @@ def _check_ints(name: str, value: Any, length: int | None = None) -> tuple[int, 
 def _pending(storage, offset, size, stride, dtype) -> _PendingTensor:
   if not isinstance(storage, _Storage):
     raise CheckpointFormatError(
-      f"tensor storage must come from a persistent id, got {type(storage)}"
+      f"tensor storage must come from a persistent id, got {type(storage).__name__}"
     )
   size = _check_ints("size", size)
   stride = _check_ints("stride", stride, len(size))
-  if not isinstance(offset, int) or offset < 0 or any(s < 0 for s in size + stride):
+  if not _is_int(offset) or offset < 0 or any(s < 0 for s in size + stride):
     raise CheckpointFormatError(f"negative tensor offset/size/stride: {offset}, {size}, {stride}")
   return _PendingTensor(storage, offset, size, stride, dtype)
 
@@ -169,27 +230,30 @@ def _rebuild_tensor_v3(
 ):
   del requires_grad, backward_hooks, metadata
   if not isinstance(dtype, _TorchDtype):
-    raise CheckpointFormatError(f"_rebuild_tensor_v3 expects a torch dtype, got {dtype!r}")
+    raise CheckpointFormatError(f"_rebuild_tensor_v3 expects a torch dtype, got {dtype!r:.100}")
   return _pending(storage, storage_offset, size, stride, dtype.dtype)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
   del requires_grad, backward_hooks, unused  # an nn.Parameter is just its data here
   if not isinstance(data, _PendingTensor):
-    raise CheckpointFormatError(f"_rebuild_parameter expects a tensor, got {type(data)}")
+    raise CheckpointFormatError(f"_rebuild_parameter expects a tensor, got {type(data).__name__}")
   return data
 
 
+_REBUILD_FUNCTIONS = {
+  "_rebuild_tensor_v2": _rebuild_tensor_v2,
+  "_rebuild_tensor_v3": _rebuild_tensor_v3,
+  "_rebuild_parameter": _rebuild_parameter,
+}
+
+
 def _allowed_global(module: str, name: str) -> Any:
-  """The allow-list; returns the stand-in for an allowed global, else None."""
+  """The allow-list; returns a fresh stand-in for an allowed global, else None."""
   if (module, name) == ("collections", "OrderedDict"):
-    return collections.OrderedDict
-  if module == "torch._utils":
-    return {
-      "_rebuild_tensor_v2": _rebuild_tensor_v2,
-      "_rebuild_tensor_v3": _rebuild_tensor_v3,
-      "_rebuild_parameter": _rebuild_parameter,
-    }.get(name)
+    return _Callable(collections.OrderedDict)
+  if module == "torch._utils" and name in _REBUILD_FUNCTIONS:
+    return _Callable(_REBUILD_FUNCTIONS[name])
   if module == "torch" and name in _STORAGE_DTYPES:
     return _StorageType(name, _STORAGE_DTYPES[name])
   if module == "torch" and name in _TORCH_DTYPES:
@@ -197,6 +261,52 @@ def _allowed_global(module: str, name: str) -> Any:
   if (module, name) in (("torch", "UntypedStorage"), ("torch.storage", "UntypedStorage")):
     return _StorageType(name, np.dtype("u1"))
   return None
+
+
+class _BoundedReader:
+  """A file as `pickletools.genops` reads it, where no read can ask for more than is left."""
+
+  def __init__(self, file, end: int):
+    self._file, self._end = file, end
+
+  def _left(self) -> int:
+    return max(0, self._end - self._file.tell())
+
+  def read(self, n: int = -1) -> bytes:
+    return self._file.read(self._left() if n < 0 else min(n, self._left()))
+
+  def readline(self) -> bytes:
+    return self._file.readline(self._left())
+
+  def tell(self) -> int:
+    return self._file.tell()
+
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _scan_pickle(file, end: int, path: str) -> None:
+  """Walks one pickle's opcodes from the file's position (building nothing), then seeks back.
+
+  Refuses more than `MAX_PICKLE_OPS` opcodes, and memo indices the pickle cannot have reached:
+  the C unpickler grows its memo table to twice the largest index it is given, so one
+  `LONG_BINPUT 2**31` would cost 32 GiB.
+  """
+  start = file.tell()
+  ops = 0
+  for opcode, arg, position in pickletools.genops(_BoundedReader(file, end)):
+    ops += 1
+    if ops > MAX_PICKLE_OPS:
+      raise CheckpointFormatError(
+        f"{path}: the pickle has more than {MAX_PICKLE_OPS} opcodes; refused (a state dict needs "
+        "about 20 per tensor)"
+      )
+    if opcode.name in _MEMO_PUTS and (not _is_int(arg) or not 0 <= arg <= ops):
+      raise CheckpointFormatError(
+        f"{path}: pickle memo index {arg!r} at byte {position} is beyond the {ops} opcodes read "
+        "so far; refused (it would make the unpickler allocate a huge memo table)"
+      )
+  file.seek(start)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -217,31 +327,44 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
   def persistent_load(self, pid: Any) -> _Storage:
     if not isinstance(pid, tuple) or not pid:
-      raise UnsafeCheckpointError(f"{self._path}: refused persistent id {pid!r}")
-    kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
+      raise UnsafeCheckpointError(f"{self._path}: refused persistent id {pid!r:.100}")
+    kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
     if kind != "storage":
-      raise UnsafeCheckpointError(f"{self._path}: refused persistent id of kind {kind!r}")
+      raise UnsafeCheckpointError(f"{self._path}: refused persistent id of kind {kind!r:.100}")
     if self._legacy:
       if len(pid) != 6:
-        raise CheckpointFormatError(f"{self._path}: malformed legacy storage id {pid!r}")
+        raise CheckpointFormatError(f"{self._path}: malformed legacy storage id {pid!r:.200}")
       _, storage_type, key, _location, numel, view = pid
     else:
       if len(pid) != 5:
-        raise CheckpointFormatError(f"{self._path}: malformed storage id {pid!r}")
+        raise CheckpointFormatError(f"{self._path}: malformed storage id {pid!r:.200}")
       _, storage_type, key, _location, numel = pid
       view = None
-    if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
-      raise CheckpointFormatError(f"{self._path}: malformed storage id {pid!r}")
+    if (
+      not isinstance(storage_type, _StorageType)
+      or not _is_int(numel)
+      or numel < 0
+      or not isinstance(key, (str, int))
+    ):
+      raise CheckpointFormatError(f"{self._path}: malformed storage id {pid!r:.200}")
     key = str(key)
     storage = self._storages.get(key)
     if storage is None:
       storage = self._storages[key] = _Storage(key, storage_type.dtype, numel)
-    if view is not None:  # legacy storage view: (view_key, offset, view_size)
-      view_key, offset, view_size = view
-      return _Storage(
-        str(view_key), storage.dtype, int(view_size), root=storage, offset=int(offset)
-      )
-    return storage
+    if view is None:
+      return storage
+    # A legacy storage view: (view_key, offset, view_size) into the root storage.
+    if not (
+      isinstance(view, tuple)
+      and len(view) == 3
+      and _is_int(view[1])
+      and _is_int(view[2])
+      and view[1] >= 0
+      and view[2] >= 0
+    ):
+      raise CheckpointFormatError(f"{self._path}: malformed legacy storage view {view!r:.200}")
+    view_key, offset, view_size = view
+    return _Storage(str(view_key), storage.dtype, view_size, root=storage, offset=offset)
 
 
 def _native(data: np.ndarray, big_endian: bool) -> np.ndarray:
@@ -250,42 +373,136 @@ def _native(data: np.ndarray, big_endian: bool) -> np.ndarray:
   return data
 
 
-def _materialize(obj: Any, path: str) -> Any:
-  """Replace every `_PendingTensor` in a nested dict/list/tuple by an owned numpy array."""
-  if isinstance(obj, _PendingTensor):
-    flat = obj.storage.array()
-    if obj.dtype != flat.dtype:  # v3: untyped (uint8) storage reinterpreted as the tensor dtype
-      flat = flat.view(obj.dtype)
-    extent = obj.offset + sum((n - 1) * s for n, s in zip(obj.size, obj.stride)) + 1
-    if 0 not in obj.size and extent > flat.size:
-      raise CheckpointFormatError(
-        f"{path}: tensor of size {obj.size} (stride {obj.stride}, offset {obj.offset}) reads past "
-        f"the end of storage {obj.storage.key!r} ({flat.size} elements)"
+def _is_c_contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+  expected = 1
+  for n, s in zip(reversed(size), reversed(stride)):
+    if n != 1 and s != expected:
+      return False
+    expected *= n
+  return True
+
+
+_STAND_INS = (_Storage, _StorageType, _TorchDtype, _Callable)
+
+
+class _Materializer:
+  """Replaces every `_PendingTensor` in the unpickled tree by a numpy array, within budgets.
+
+  An object the pickle references several times (its memo) is converted once and shared, so one
+  tensor referenced thousands of times costs one array; the tree's size counts every reference
+  (`MAX_OBJECTS`), which stops nested shared lists after linear work.
+  """
+
+  def __init__(self, path: str, storage_bytes: int):
+    self.path = path
+    self.copy_budget = 2 * storage_bytes + INFLATION_SLACK
+    self.copied = 0
+    self.objects = 0
+    self.done: dict[int, Any] = {}  # id(unpickled object) -> converted object
+    self.sizes: dict[int, int] = {}  # id(unpickled object) -> objects in its tree
+
+  def fail(self, message: str):
+    raise CheckpointFormatError(f"{self.path}: {message}")
+
+  def count(self, n: int):
+    self.objects += n
+    if self.objects > MAX_OBJECTS:
+      self.fail(
+        f"the pickle expands to more than {MAX_OBJECTS} objects (counting each reference to a "
+        "shared one); refused (nested shared containers, a 'billion laughs' file?)"
       )
-    if 0 in obj.size:
-      return np.zeros(obj.size, dtype=flat.dtype)
+
+  def __call__(self, obj: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+      self.fail(f"objects nested more than {MAX_DEPTH} deep (or a cycle); refused")
+    if isinstance(obj, _STAND_INS):
+      self.fail(f"a bare torch {type(obj).__name__[1:]} object is not supported (only tensors)")
+    if not isinstance(obj, (dict, list, tuple, set, frozenset, _PendingTensor)):
+      self.count(1)
+      return obj
+    key = id(obj)
+    if key in self.done:
+      self.count(self.sizes[key])
+      return self.done[key]
+    before = self.objects
+    self.count(1)
+    if isinstance(obj, _PendingTensor):
+      out = self.tensor(obj)
+    elif isinstance(obj, dict):
+      out = collections.OrderedDict() if isinstance(obj, collections.OrderedDict) else {}
+      for name, value in obj.items():
+        if isinstance(name, (_PendingTensor, *_STAND_INS)):
+          self.fail("a dict key is a tensor or storage; not a state dict")
+        out[name] = self(value, depth + 1)
+    elif isinstance(obj, list):
+      out = [self(value, depth + 1) for value in obj]
+    elif isinstance(obj, tuple):
+      out = tuple(self(value, depth + 1) for value in obj)
+    else:  # set / frozenset: only of plain values (tensors are unhashable as arrays)
+      if any(isinstance(value, (_PendingTensor, *_STAND_INS)) for value in obj):
+        self.fail("a set holds tensors or storages; not a state dict")
+      self.count(len(obj))
+      out = obj
+    self.done[key], self.sizes[key] = out, self.objects - before
+    return out
+
+  def tensor(self, pending: _PendingTensor) -> np.ndarray:
+    flat = pending.storage.array()
+    size, stride, offset = pending.size, pending.stride, pending.offset
+    where = f"tensor of size {size} (stride {stride}, offset {offset}) on storage " + repr(
+      pending.storage.key
+    )
+    if pending.dtype != flat.dtype:  # v3: untyped (uint8) storage reinterpreted as the tensor dtype
+      if flat.nbytes % pending.dtype.itemsize:
+        self.fail(f"{where}: {flat.nbytes} bytes are not a whole number of {pending.dtype}")
+      flat = flat.view(pending.dtype)
+    numel = math.prod(size)
+    if numel == 0:
+      return np.zeros([0] * len(size), flat.dtype).reshape(size)
+    extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    if extent > flat.size:
+      self.fail(f"{where} reads past the end of its storage ({flat.size} elements)")
+    if _is_c_contiguous(size, stride):
+      return flat[offset : offset + numel].reshape(size)  # a view: shares the storage's memory
+    if numel > flat.size:
+      self.fail(
+        f"{where} has {numel} elements, more than its storage holds ({flat.size}): overlapping "
+        "strides (a stride-0 'expanded' tensor) are refused, not copied"
+      )
+    self.copied += numel * flat.dtype.itemsize
+    if self.copied > self.copy_budget:
+      self.fail(
+        f"copies of strided tensors exceed {self.copy_budget} bytes (twice the storages); refused"
+      )
     item = flat.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-      flat[obj.offset :], shape=obj.size, strides=[s * item for s in obj.stride], writeable=False
+      flat[offset:], shape=size, strides=[s * item for s in stride], writeable=False
     )
-    return np.array(view, copy=True, order="C")  # own the memory, C-contiguous
-  if isinstance(obj, dict):
-    out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-    for key, value in obj.items():
-      out[key] = _materialize(value, path)
-    return out
-  if isinstance(obj, list):
-    return [_materialize(v, path) for v in obj]
-  if isinstance(obj, tuple):
-    return tuple(_materialize(v, path) for v in obj)
-  if isinstance(obj, (_Storage, _StorageType, _TorchDtype)):
-    raise CheckpointFormatError(f"{path}: bare torch storage/dtype objects are not supported")
-  return obj
+    return np.array(view, copy=True, order="C")
+
+
+def _materialize(result: Any, storages: dict[str, _Storage], path: str) -> Any:
+  storage_bytes = sum(s.nbytes for s in storages.values())
+  return _Materializer(path, storage_bytes)(result)
+
+
+def _read_exactly(file, nbytes: int, what: str, path: str) -> np.ndarray:
+  """`nbytes` from `file` into a new uint8 array, in bounded chunks (never more)."""
+  out = np.empty(nbytes, np.uint8)
+  view, pos = memoryview(out), 0
+  while pos < nbytes:
+    n = file.readinto(view[pos : pos + _READ_CHUNK])
+    if not n:
+      raise CheckpointFormatError(f"{path}: {what} is truncated: {pos} of {nbytes} bytes")
+    pos += n
+  return out
 
 
 def _load_zip(path: str) -> Any:
+  file_size = os.path.getsize(path)
+  budget = MAX_INFLATION * file_size + INFLATION_SLACK
   with zipfile.ZipFile(path) as archive:
-    names = archive.namelist()
+    names = set(archive.namelist())
     pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
       raise CheckpointFormatError(
@@ -294,55 +511,77 @@ def _load_zip(path: str) -> Any:
     prefix = pickles[0][: -len("data.pkl")]
     big_endian = False
     if prefix + "byteorder" in names:
-      big_endian = archive.read(prefix + "byteorder").decode().strip() == "big"
+      with archive.open(prefix + "byteorder") as record:
+        big_endian = record.read(16).decode("ascii", "replace").strip() == "big"
+    pickle_info = archive.getinfo(pickles[0])
+    if pickle_info.file_size > budget:
+      raise CheckpointFormatError(
+        f"{path}: data.pkl declares {pickle_info.file_size} bytes, more than {MAX_INFLATION}x "
+        f"the {file_size}-byte file; refused unread (a decompression bomb?)"
+      )
+    with archive.open(pickle_info) as record:
+      data_pkl = io.BytesIO(_read_exactly(record, pickle_info.file_size, "data.pkl", path))
+    _scan_pickle(data_pkl, pickle_info.file_size, path)
     storages: dict[str, _Storage] = {}
-    unpickler = _RestrictedUnpickler(
-      io.BytesIO(archive.read(pickles[0])), path, storages, legacy=False
-    )
-    result = unpickler.load()
+    result = _RestrictedUnpickler(data_pkl, path, storages, legacy=False).load()
+    declared = pickle_info.file_size + sum(s.nbytes for s in storages.values())
+    if declared > budget:
+      raise CheckpointFormatError(
+        f"{path}: the pickle declares {declared} bytes of storages, more than {MAX_INFLATION}x "
+        f"the {file_size}-byte file; refused unread (a decompression bomb?)"
+      )
     for key, storage in storages.items():
       record = f"{prefix}data/{key}"
       if record not in names:
         raise CheckpointFormatError(f"{path}: missing storage record {record!r}")
-      raw = archive.read(record)
-      expected = storage.numel * storage.dtype.itemsize
-      if len(raw) < expected:
+      info = archive.getinfo(record)
+      if info.file_size < storage.nbytes:
         raise CheckpointFormatError(
-          f"{path}: storage record {record!r} has {len(raw)} bytes, expected {expected}"
+          f"{path}: storage record {record!r} has {info.file_size} bytes, expected {storage.nbytes}"
         )
-      storage.data = _native(
-        np.frombuffer(raw, dtype=storage.dtype, count=storage.numel), big_endian
-      )
-  return _materialize(result, path)
+      with archive.open(info) as member:  # only the declared bytes, even if the record has more
+        raw = _read_exactly(member, storage.nbytes, f"storage record {record!r}", path)
+      storage.data = _native(raw.view(storage.dtype), big_endian)
+  return _materialize(result, storages, path)
 
 
 def _load_legacy(path: str) -> Any:
+  file_size = os.path.getsize(path)
   with open(path, "rb") as f:
-    header = _RestrictedUnpickler(f, path, {}, legacy=True)
-    magic = header.load()
-    if magic != _LEGACY_MAGIC:
+
+    def load(storages: dict[str, _Storage] | None = None) -> Any:
+      _scan_pickle(f, file_size, path)
+      return _RestrictedUnpickler(f, path, {} if storages is None else storages, True).load()
+
+    if load() != _LEGACY_MAGIC:
       raise CheckpointFormatError(
         f"{path}: not a torch checkpoint (neither zip nor legacy magic number)"
       )
-    header.load()  # protocol version
-    sys_info = _RestrictedUnpickler(f, path, {}, legacy=True).load()
+    load()  # protocol version
+    sys_info = load()
     big_endian = isinstance(sys_info, dict) and sys_info.get("little_endian") is False
     storages: dict[str, _Storage] = {}
-    result = _RestrictedUnpickler(f, path, storages, legacy=True).load()
-    keys = _RestrictedUnpickler(f, path, {}, legacy=True).load()
+    result = load(storages)
+    keys = load()
     if not isinstance(keys, list):
       raise CheckpointFormatError(f"{path}: malformed legacy storage key list")
     for key in keys:
       storage = storages.get(str(key))
       if storage is None:
-        raise CheckpointFormatError(f"{path}: legacy storage key {key!r} was never referenced")
-      (numel,) = struct.unpack("<q" if not big_endian else ">q", f.read(8))
-      nbytes = numel * storage.dtype.itemsize
-      raw = f.read(nbytes)
-      if len(raw) != nbytes or numel < storage.numel:
+        raise CheckpointFormatError(f"{path}: legacy storage key {key!r:.100} was never referenced")
+      header = f.read(8)
+      if len(header) != 8:
         raise CheckpointFormatError(f"{path}: legacy storage {key!r} is truncated")
-      storage.data = _native(np.frombuffer(raw, dtype=storage.dtype), big_endian)
-  return _materialize(result, path)
+      (numel,) = struct.unpack(">q" if big_endian else "<q", header)
+      nbytes = numel * storage.dtype.itemsize
+      if numel < storage.numel or nbytes > file_size - f.tell():
+        raise CheckpointFormatError(
+          f"{path}: legacy storage {key!r} declares {numel} elements ({nbytes} bytes): needs "
+          f"{storage.numel}, and {file_size - f.tell()} bytes are left in the file"
+        )
+      raw = _read_exactly(f, nbytes, f"legacy storage {key!r}", path)
+      storage.data = _native(raw.view(storage.dtype), big_endian)
+  return _materialize(result, storages, path)
 
 
 def load_torch_file(path: str | os.PathLike) -> Any:
@@ -354,11 +593,15 @@ def load_torch_file(path: str | os.PathLike) -> Any:
   Returns:
     The unpickled object (usually a dict or nested dicts such as `{"params_ema": {...}}`) with
     every tensor replaced by a C-contiguous numpy array of the same dtype (bfloat16 and
-    float8 via `ml_dtypes`). `nn.Parameter`s become plain arrays.
+    float8 via `ml_dtypes`). `nn.Parameter`s become plain arrays. A contiguous tensor is a view
+    of its storage (tensors saved as views of one storage share memory, as in torch); an object
+    the pickle references several times comes back as one shared object.
 
   Raises:
-    UnsafeCheckpointError: the pickle names a global outside the allow-list.
-    CheckpointFormatError: not a torch file, or a tensor is inconsistent with its storage.
+    UnsafeCheckpointError: the pickle names a global outside the allow-list, or tries to set
+      state on an allowed one.
+    CheckpointFormatError: not a torch file, a tensor inconsistent with its storage, or over a
+      budget (module docstring). Both are `WeightsError`s (`ValueError`s) naming the file.
     FileNotFoundError: `path` does not exist.
   """
   path = os.fspath(path)
@@ -366,14 +609,17 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     raise FileNotFoundError(f"checkpoint not found: {path}")
   try:
     return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
-  except UnsafeCheckpointError as err:
+  except WeightsError as err:
     if path in str(err):
       raise
-    raise UnsafeCheckpointError(f"{path}: {err}") from None
-  except CheckpointFormatError:
+    raise type(err)(f"{path}: {err}") from None
+  except OSError:
     raise
   except Exception as err:  # a corrupt or foreign file: any unpickling error, said plainly
-    raise CheckpointFormatError(f"{path}: cannot read as a torch checkpoint: {err!r}") from err
+    detail = str(err) or type(err).__name__
+    raise CheckpointFormatError(
+      f"{path}: cannot read as a torch checkpoint: {type(err).__name__}: {detail}"[:500]
+    ) from err
 
 
 def flatten_tensors(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
