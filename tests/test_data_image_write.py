@@ -1,5 +1,7 @@
-"""Image writing (sr_jax.data.image_write) read back with image_io; the one alpha compositing."""
+"""Image writing (sr_jax.data.image_write) read back with image_io; the one alpha compositing;
+writing safely (a full disk, a short write, an existing file)."""
 
+import errno
 import os
 
 import numpy as np
@@ -7,6 +9,7 @@ from PIL import Image
 import pytest
 
 from sr_jax import data
+from sr_jax.data import image_write
 
 
 def _random(shape, dtype, seed=0):
@@ -89,3 +92,85 @@ def test_upscale_alpha_is_bicubic():
   assert up16.dtype == np.uint16 and up16.shape == (15, 18)
   # 16 bits go through float: within 2 levels of the fixed-point 8-bit resize.
   assert np.abs(up16 / 257.0 - data.upscale_alpha(alpha8, 3)).max() <= 2.0
+
+
+# --- Safe writing: a full disk or an existing file never leaves a damaged image ------------------
+
+FORMATS = {  # extension -> pixels that go through that format's encoder
+  "png": _random((24, 24, 3), np.uint8),
+  "jpg": _random((24, 24, 3), np.uint8),
+  "bmp": _random((24, 24, 3), np.uint8),
+  "tif": _random((24, 24, 3), np.uint16),  # tifffile
+  "tiff": _random((24, 24, 3), np.uint8),  # PIL
+  "webp": _random((24, 24, 3), np.uint8),
+}
+
+
+def _disk_filling_after(monkeypatch, budget: int) -> None:
+  """os.write stores at most `budget` bytes in all (short writes), then fails as a full disk."""
+  real_write, left = os.write, [budget]
+
+  def write(fd, data):
+    if left[0] <= 0:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    written = real_write(fd, bytes(data[: left[0]]))
+    left[0] -= written
+    return written
+
+  monkeypatch.setattr(os, "write", write)
+
+
+@pytest.mark.parametrize("ext", sorted(FORMATS))
+def test_a_full_disk_raises_and_leaves_the_old_file_or_nothing(tmp_path, monkeypatch, ext):
+  old = tmp_path / f"old.{ext}"
+  old.write_bytes(b"an earlier result")
+  _disk_filling_after(monkeypatch, 100)
+  for path in (old, tmp_path / f"new.{ext}"):
+    with pytest.raises(image_write.ImageWriteError, match="no space left on the device") as error:
+      data.write_image(str(path), FORMATS[ext])
+    assert error.value.errno == errno.ENOSPC and str(path) in str(error.value)
+  assert os.listdir(tmp_path) == [f"old.{ext}"]  # no truncated image, no temporary file
+  assert old.read_bytes() == b"an earlier result"
+
+
+def test_a_write_the_disk_did_not_keep_is_caught_by_the_size_check(tmp_path, monkeypatch):
+  real_write = os.write
+
+  def write_half_but_report_all(fd, data):  # as a broken network file system might
+    real_write(fd, bytes(data[: len(data) // 2]))
+    return len(data)
+
+  monkeypatch.setattr(os, "write", write_half_but_report_all)
+  with pytest.raises(image_write.ImageWriteError, match="short write"):
+    data.write_image(str(tmp_path / "x.jpg"), FORMATS["jpg"])
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_file_size_limit_gives_a_real_short_write(tmp_path):
+  resource = pytest.importorskip("resource")
+  signal = pytest.importorskip("signal")
+  pixels = _random((64, 64, 3), np.uint8)  # noise: a BMP of 12 KB
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+  resource.setrlimit(resource.RLIMIT_FSIZE, (5000, hard))  # the kernel writes 5000 bytes, no more
+  try:
+    with pytest.raises(image_write.ImageWriteError, match="too large"):
+      data.write_image(str(tmp_path / "x.bmp"), pixels)
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, previous_handler)
+  assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
+  path = tmp_path / "x.png"
+  path.write_bytes(b"the user's file")
+  with pytest.raises(image_write.ImageWriteError, match="exists"):
+    data.write_image(str(path), FORMATS["png"], overwrite=False)
+  assert path.read_bytes() == b"the user's file" and os.listdir(tmp_path) == ["x.png"]
+  data.write_image(str(path), FORMATS["png"])  # overwrite=True, the default
+  np.testing.assert_array_equal(data.read_image_full(str(path)).color, FORMATS["png"])
+  data.write_png(str(tmp_path / "new.png"), FORMATS["png"], overwrite=False)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as open() creates, not mkstemp's 0600
