@@ -5,6 +5,7 @@
   python -m sr_jax.upscale --weights=PATH_OR_NAME --input=... --output=...  (load_pretrained_sr)
   python -m sr_jax.upscale --model=bicubic --scale=4 --input=... --output=...
   options: --tile=N (LR core side, 0 = whole image) --tile_overlap=M --batch_size=B --ext=png
+      --overwrite
 
 What is kept (see `sr_jax.data.read_image_full`):
   - EXIF orientation is applied; the output is written upright, without the orientation tag.
@@ -17,86 +18,47 @@ The output format follows the output file's extension: the input's by default, `
 it. JPEG cannot hold alpha (composited on white, as viewers show it) and JPEG / WebP / BMP hold only
 8 bits (16-bit input is rounded); each such loss is reported in one line.
 
+What is never lost (checked before the network loads; a refusal is one `error:` line, exit code 2,
+nothing written):
+  - An input file is never written over, even with --overwrite (e.g. `--output` = the input
+    folder, where `photo.jpg` with `--ext=png` would replace the input `photo.png`).
+  - Two inputs that map to one output name (`a.jpg` and `a.png` with `--ext=png`) are refused,
+    all such pairs listed; nothing is renamed behind the user's back.
+  - An existing output file is kept and its input skipped, reported in one line, so that a rerun
+    resumes an interrupted one; `--overwrite` replaces existing outputs.
+  - An output folder inside the input folder is not read as input (earlier results are not
+    upscaled again).
+  - Each output is written to a hidden temporary file in its folder, flushed to disk and its size
+    checked, then renamed: a failed or short write (a full disk) leaves no truncated file.
+
 A file that cannot be read or written is reported in one line and skipped; the exit code is 1
-when any file failed, after all the others are written.
+when any file failed, after all the others are written (a full disk stops the run at once).
 """
 
 import argparse
+import errno
 import os
+import pickle
 import sys
+from typing import NamedTuple
 
+from flax import nnx
 import tqdm
 
 from sr_jax import data, inference, sharding, tiling
 
 
-def output_path(input_path: str, input_root: str | None, output: str, ext: str | None) -> str:
-  """Where the upscaled `input_path` goes: `output` itself when it names an image file (single
-  input), else under `output` with the path relative to `input_root` (folder input) or the
-  file name; `ext` replaces the extension."""
-  if input_root is None and os.path.splitext(output)[1].lower() in data.WRITABLE_EXTENSIONS:
-    return output
-  relative = os.path.relpath(input_path, input_root) if input_root else os.path.basename(input_path)
-  if ext:
-    relative = os.path.splitext(relative)[0] + "." + ext.lstrip(".")
-  return os.path.join(output, relative)
+class UsageError(ValueError):
+  """A mistake in the command line or its files: one `error:` line, exit code 2."""
 
 
-def _jobs(input_path: str, output: str, ext: str | None) -> list[tuple[str, str]]:
-  """(input file, output file) pairs for a file or a folder (recursive)."""
-  if os.path.isdir(input_path):
-    return [(p, output_path(p, input_path, output, ext)) for p in data.list_images(input_path)]
-  if not os.path.exists(input_path):
-    raise FileNotFoundError(f"--input={input_path!r} does not exist")
-  return [(input_path, output_path(input_path, None, output, ext))]
-
-
-def upscale_files(
-  tile_fn: tiling.TileFn,
-  jobs: list[tuple[str, str]],
-  scale: int,
-  tile: int | None,
-  overlap: int,
-  align: int = 1,
-  batch_size: int = 1,
-) -> int:
-  """Upscales every (input, output) pair; returns how many failed (each reported in one line)."""
-  failures = 0
-  files = tqdm.tqdm(jobs, desc="upscale", unit="image", dynamic_ncols=True)
-  for source, target in files:
-    files.set_postfix_str(os.path.basename(source))
-    try:
-      image = data.read_image_full(source)
-      if os.path.exists(target) and os.path.samefile(source, target):
-        raise ValueError("output would overwrite the input; choose another --output or --ext")
-      height, width = image.color.shape[:2]
-      total = tiling.num_windows(height, width, tile, overlap, align)
-      with tqdm.tqdm(
-        total=total,
-        desc="tiles",
-        unit="tile",
-        leave=False,
-        disable=total <= batch_size,
-        dynamic_ncols=True,
-      ) as tiles:
-        result = tiling.upscale_full_image(
-          tile_fn, image, scale, tile, overlap, align, batch_size, tiles.update
-        )
-      os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-      for note in data.write_image(target, result.color, result.alpha, result.icc_profile):
-        files.write(f"note: {target}: {note}")
-    except (data.ImageReadError, OSError, ValueError) as e:
-      failures += 1
-      reason = str(e) if isinstance(e, data.ImageReadError) else f"{type(e).__name__}: {e}"
-      files.write(f"error: {source}: skipped: {reason}", file=sys.stderr)
-  files.close()
-  return failures
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):  # one line, and no SystemExit inside main(argv)
+    raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m sr_jax.upscale", description=__doc__.split("\n")[0]
-  )
+  parser = _Parser(prog="python -m sr_jax.upscale", description=__doc__.split("\n")[0])
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--workdir", help="training workdir (config.json + checkpoints)")
   source.add_argument(
@@ -125,45 +87,231 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     help="LR context pixels per side; default: the network's (tiling.default_overlap)",
   )
   parser.add_argument("--batch_size", type=int, default=1, help="tiles per network call")
+  parser.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace existing output files (default: keep them and skip their inputs); "
+    "input files are never replaced",
+  )
   return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
-  try:
-    if args.ext and "." + args.ext.lstrip(".").lower() not in data.WRITABLE_EXTENSIONS:
-      raise ValueError(
-        f"--ext={args.ext!r} is not a known image extension: {sorted(data.WRITABLE_EXTENSIONS)}"
-      )
-    jobs = _jobs(args.input, args.output, args.ext)
-    model, description = inference.load_model(
-      args.workdir, args.weights, args.model, args.scale, args.checkpoint
+def check_args(args: argparse.Namespace) -> None:
+  """Refuses values that would fail later, per image or after the network loads."""
+  if args.batch_size < 1:
+    raise UsageError(f"--batch_size={args.batch_size}: must be at least 1")
+  if args.tile < 0:
+    raise UsageError(f"--tile={args.tile}: must be >= 0 (0 = the whole image at once)")
+  if args.tile_overlap is not None and args.tile_overlap < 0:
+    raise UsageError(f"--tile_overlap={args.tile_overlap}: must be >= 0")
+  if args.scale is not None and args.scale < 1:
+    raise UsageError(f"--scale={args.scale}: must be at least 1")
+  if args.model is not None and args.scale is None:
+    raise UsageError(f"--model={args.model} needs --scale")
+  if args.workdir is not None:
+    if args.checkpoint not in ("latest", "best") and not args.checkpoint.isdigit():
+      raise UsageError(f"--checkpoint={args.checkpoint!r}: expected latest, best or a step")
+    if not os.path.isdir(args.workdir):
+      raise UsageError(f"--workdir={args.workdir!r} is not a folder")
+  if args.ext and "." + args.ext.lstrip(".").lower() not in data.WRITABLE_EXTENSIONS:
+    raise UsageError(
+      f"--ext={args.ext!r} is not a known image extension: {sorted(data.WRITABLE_EXTENSIONS)}"
     )
-  except (FileNotFoundError, ValueError) as e:
+  if not os.path.exists(args.input):
+    raise UsageError(f"--input={args.input!r} does not exist")
+  if os.path.isdir(args.input) and os.path.exists(args.output) and not os.path.isdir(args.output):
+    raise UsageError(f"--output={args.output!r} is a file; a folder --input needs a folder")
+
+
+def output_path(input_path: str, input_root: str | None, output: str, ext: str | None) -> str:
+  """Where the upscaled `input_path` goes: `output` itself when it names an image file (single
+  input), else under `output` with the path relative to `input_root` (folder input) or the
+  file name; `ext` replaces the extension."""
+  if input_root is None and os.path.splitext(output)[1].lower() in data.WRITABLE_EXTENSIONS:
+    return output
+  relative = os.path.relpath(input_path, input_root) if input_root else os.path.basename(input_path)
+  if ext:
+    relative = os.path.splitext(relative)[0] + "." + ext.lstrip(".")
+  return os.path.join(output, relative)
+
+
+class Plan(NamedTuple):
+  """What `main` will do: the (input, output) pairs to upscale and what it leaves alone."""
+
+  jobs: list[tuple[str, str]]
+  existing: list[str]  # outputs that exist: kept, their inputs skipped (without --overwrite)
+  excluded: int  # files under --output, inside the --input folder: not read as inputs
+
+
+def _inside(path: str, folder: str) -> bool:
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def _listed(pairs: list[str], limit: int = 5) -> str:
+  more = f"; and {len(pairs) - limit} more" if len(pairs) > limit else ""
+  return "; ".join(pairs[:limit]) + more
+
+
+def plan_jobs(input_path: str, output: str, ext: str | None, overwrite: bool = False) -> Plan:
+  """The (input, output) pairs for a file or a folder (recursive), checked before any work.
+
+  Raises:
+    UsageError: an output would write over an input file (whatever `overwrite` says), or two
+      inputs map to one output; every such case is listed in the one-line message.
+  """
+  if os.path.isdir(input_path):
+    inputs = data.list_images(input_path)
+    excluded = 0
+    if _inside(output, input_path):  # earlier results there are outputs, not inputs
+      kept = [p for p in inputs if not _inside(p, output)]
+      inputs, excluded = kept, len(inputs) - len(kept)
+    jobs = [(p, output_path(p, input_path, output, ext)) for p in inputs]
+  else:
+    jobs, excluded = [(input_path, output_path(input_path, None, output, ext))], 0
+
+  input_files = {_identity(source) for source, _ in jobs}
+  overwritten = [
+    f"{target!r} is the input {source!r}"
+    if os.path.samefile(source, target)
+    else f"{source!r} -> {target!r}"
+    for source, target in jobs
+    if os.path.exists(target) and _identity(target) in input_files
+  ]
+  if overwritten:
+    raise UsageError(
+      f"{len(overwritten)} output(s) would write over input files (never done, even with "
+      f"--overwrite): {_listed(overwritten)}; choose another --output or --ext"
+    )
+  by_target: dict[str, list[str]] = {}
+  for source, target in jobs:
+    by_target.setdefault(os.path.normcase(os.path.realpath(target)), []).append(source)
+  collisions = [
+    f"{' and '.join(repr(s) for s in sources)} -> {target!r}"
+    for target, sources in by_target.items()
+    if len(sources) > 1
+  ]
+  if collisions:
+    raise UsageError(
+      f"{len(collisions)} output name(s) would be written by several inputs: "
+      f"{_listed(collisions)}; upscale them separately or without --ext"
+    )
+  existing = [] if overwrite else [t for _, t in jobs if os.path.lexists(t)]
+  if existing:
+    jobs = [(s, t) for s, t in jobs if not os.path.lexists(t)]
+  return Plan(jobs, existing, excluded)
+
+
+def _identity(path: str) -> tuple[int, int]:
+  """The file itself (device, inode): one file under two names, links or case, is one file."""
+  stat = os.stat(path)
+  return stat.st_dev, stat.st_ino
+
+
+def load_network(args: argparse.Namespace) -> tuple[nnx.Module, str]:
+  """The network the arguments name (`inference.load_model`), bad files as UsageError."""
+  try:
+    return inference.load_model(args.workdir, args.weights, args.model, args.scale, args.checkpoint)
+  except (OSError, ValueError, pickle.UnpicklingError) as e:
+    raise UsageError(str(e)) from e
+
+
+def upscale_files(
+  tile_fn: tiling.TileFn,
+  jobs: list[tuple[str, str]],
+  scale: int,
+  tile: int | None,
+  overlap: int,
+  align: int = 1,
+  batch_size: int = 1,
+  overwrite: bool = False,
+) -> int:
+  """Upscales every (input, output) pair; returns how many failed (each reported in one line).
+
+  An output is written completely or not at all (`data.write_image`); an existing one is replaced
+  only with `overwrite`. A full disk fails the remaining files at once, without computing them.
+  """
+  failures = 0
+  files = tqdm.tqdm(jobs, desc="upscale", unit="image", dynamic_ncols=True)
+  for done, (source, target) in enumerate(files):
+    files.set_postfix_str(os.path.basename(source))
+    try:
+      image = data.read_image_full(source)
+      height, width = image.color.shape[:2]
+      total = tiling.num_windows(height, width, tile, overlap, align)
+      with tqdm.tqdm(
+        total=total,
+        desc="tiles",
+        unit="tile",
+        leave=False,
+        disable=total <= batch_size,
+        dynamic_ncols=True,
+      ) as tiles:
+        result = tiling.upscale_full_image(
+          tile_fn, image, scale, tile, overlap, align, batch_size, tiles.update
+        )
+      os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+      notes = data.write_image(target, result.color, result.alpha, result.icc_profile, overwrite)
+      for note in notes:
+        files.write(f"note: {target}: {note}")
+    except (data.ImageReadError, OSError, ValueError) as e:
+      failures += 1
+      reason = str(e) if isinstance(e, (data.ImageReadError, OSError)) else f"ValueError: {e}"
+      files.write(f"error: {source}: skipped: {reason}", file=sys.stderr)
+      if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        left = len(jobs) - done - 1
+        files.write(f"error: the disk is full: {left} image(s) not processed", file=sys.stderr)
+        failures += left
+        break
+  files.close()
+  return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+  try:
+    args = parse_args(argv)
+    check_args(args)
+    plan = plan_jobs(args.input, args.output, args.ext, args.overwrite)
+    if plan.excluded:
+      print(
+        f"note: {plan.excluded} file(s) under --output={args.output} (inside --input) are "
+        "not read as inputs",
+        file=sys.stderr,
+      )
+    if plan.existing:
+      print(
+        f"note: {len(plan.existing)} output(s) exist and are kept, their inputs skipped "
+        f"(--overwrite replaces them): {_listed([repr(p) for p in plan.existing])}",
+        file=sys.stderr,
+      )
+    if not plan.jobs:
+      if plan.existing:
+        return 0
+      raise UsageError(f"no image files in {args.input!r}")
+    model, description = load_network(args)
+  except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
-  if not jobs:
-    print(f"error: no image files in {args.input!r}", file=sys.stderr)
     return 2
   overlap = tiling.default_overlap(model) if args.tile_overlap is None else args.tile_overlap
   tile = args.tile if args.tile > 0 else None
   print(
-    f"{description} x{model.scale}: {len(jobs)} image(s) -> {args.output} "
+    f"{description} x{model.scale}: {len(plan.jobs)} image(s) -> {args.output} "
     f"(tile {tile or 'off'}, overlap {overlap})",
     file=sys.stderr,
   )
   failures = upscale_files(
     tiling.make_tile_fn(model),
-    jobs,
+    plan.jobs,
     model.scale,
     tile,
     overlap,
     tiling.input_multiple(model),
     args.batch_size,
+    args.overwrite,
   )
   if failures:
     print(
-      f"error: {failures} of {len(jobs)} image(s) failed (see above); the others were written",
+      f"error: {failures} of {len(plan.jobs)} image(s) failed (see above); the others were written",
       file=sys.stderr,
     )
     return 1

@@ -196,7 +196,8 @@ def test_single_file_to_named_output_and_bad_arguments(tmp_path, capsys):
   )
   assert Image.open(tmp_path / "sub" / "big.webp").size == (12, 12)
   assert (
-    upscale.main(["--model=edsr", "--scale=2", f"--input={tmp_path}", f"--output={tmp_path}"]) == 2
+    upscale.main(["--model=edsr", "--scale=2", f"--input={tmp_path}", f"--output={tmp_path / 'o'}"])
+    == 2
   )
   assert "untrained weights" in capsys.readouterr().err
   assert (
