@@ -98,6 +98,11 @@ def _examples_of_file(
 ) -> tuple[list[dict], str | None]:
   """Decoded, cropped and encoded examples of one HR (and LR) file, or a warning line."""
   hr_path, lr_path, name, scale, options, encoding = task
+  try:  # TFDS stores names as UTF-8: one non-UTF-8 file name would abort the whole build
+    name.encode("utf-8")
+  except UnicodeEncodeError:
+    shown = os.fsencode(hr_path).decode("utf-8", "backslashreplace")
+    return [], f"{shown}: the file name is not valid UTF-8; skipped"
   try:
     hr = image_io.read_image(hr_path)
     lr = image_io.read_image(lr_path) if lr_path else None
