@@ -1,5 +1,6 @@
 """python -m sr_jax.upscale loses nothing: inputs, colliding names, existing outputs, a full disk;
-and refuses bad arguments and bad weight files in one line before any work."""
+and refuses bad arguments and bad weight files in one line before any work (sr_jax.tools.convert
+too)."""
 
 import errno
 import os
@@ -206,3 +207,15 @@ def test_a_full_disk_leaves_no_truncated_output_and_stops(tmp_path, capsys, monk
   assert "error: the disk is full: 2 image(s) not processed" in err
   assert "3 of 3 image(s) failed" in err
   assert files_under(out) == {}  # neither a truncated image nor a temporary file
+
+
+def test_convert_refuses_to_write_over_its_source_or_a_non_safetensors_file(tmp_path, capsys):
+  source = tmp_path / "model.safetensors"
+  np.savez(tmp_path / "w.npz", w=np.ones(3, np.float32))
+  assert convert.main([str(tmp_path / "w.npz"), str(source), "--arch=none"]) == 0
+  before = source.read_bytes()
+  assert convert.main([str(source), str(source), "--arch=none"]) == 2
+  assert "is the source file itself" in one_error_line(capsys.readouterr().err)
+  assert source.read_bytes() == before
+  assert convert.main([str(source), str(tmp_path / "w.npz"), "--arch=none"]) == 2
+  assert "must be a .safetensors file" in one_error_line(capsys.readouterr().err)

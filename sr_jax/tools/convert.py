@@ -11,6 +11,7 @@ PyTorch model) without that check. Prints one summary line. Library: `sr_jax.mod
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import sys
 
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
   )
   args = parser.parse_args(argv)
   try:
+    if not args.dst.endswith(".safetensors"):  # before the (slow) conversion, not after
+      raise ValueError(f"{args.dst}: the output must be a .safetensors file")
+    if (
+      os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst)
+    ):
+      raise ValueError(f"{args.dst} is the source file itself; choose another output path")
     summary = convert_lib.convert(args.src, args.dst, arch=args.arch, verify=not args.no_verify)
   except (ValueError, OSError, pickle.UnpicklingError) as err:
     print(f"error: {err}", file=sys.stderr)
