@@ -169,6 +169,11 @@ def plan_jobs(input_path: str, output: str, ext: str | None, overwrite: bool = F
     jobs = [(p, output_path(p, input_path, output, ext)) for p in inputs]
   else:
     jobs, excluded = [(input_path, output_path(input_path, None, output, ext))], 0
+    if os.path.splitext(jobs[0][1])[1].lower() not in data.WRITABLE_EXTENSIONS:
+      raise UsageError(
+        f"cannot write {jobs[0][1]!r}: not an image extension; give --ext "
+        f"({', '.join(e[1:] for e in data.WRITABLE_EXTENSIONS)}) or an --output file name"
+      )
 
   input_files = {_identity(source) for source, _ in jobs}
   overwritten = [

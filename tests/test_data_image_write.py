@@ -126,7 +126,9 @@ def test_a_full_disk_raises_and_leaves_the_old_file_or_nothing(tmp_path, monkeyp
   old.write_bytes(b"an earlier result")
   _disk_filling_after(monkeypatch, 100)
   for path in (old, tmp_path / f"new.{ext}"):
-    with pytest.raises(image_write.ImageWriteError, match="no space left on the device") as error:
+    with pytest.raises(
+      image_write.ImageWriteError, match=r"the disk is full \(No space left on device\)"
+    ) as error:
       data.write_image(str(path), FORMATS[ext])
     assert error.value.errno == errno.ENOSPC and str(path) in str(error.value)
   assert os.listdir(tmp_path) == [f"old.{ext}"]  # no truncated image, no temporary file

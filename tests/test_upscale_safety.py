@@ -124,6 +124,7 @@ def test_output_folder_inside_the_input_folder_is_not_read_as_input(tmp_path, ca
     (["--input={tmp}/missing"], "does not exist"),
     (["--output={tmp}/in/a.png"], "is a file; a folder --input needs a folder"),
     (["--input={tmp}/in/a.png", "--output={tmp}/in/a.png"], "is the input"),
+    (["--input={tmp}/notes.txt"], "notes.txt': not an image extension; give --ext"),
     (["--scale=x2"], "argument --scale: invalid int value: 'x2'"),
   ],
 )
@@ -131,6 +132,7 @@ def test_bad_arguments_are_refused_in_one_line_before_the_network_loads(
   tmp_path, capsys, no_network, argv, message
 ):
   save_image(tmp_path / "in" / "a.png")
+  (tmp_path / "notes.txt").write_text("not an image")
   defaults = {"--input": f"--input={tmp_path}/in", "--output": f"--output={tmp_path}/out"}
   given = [a.format(tmp=tmp_path) for a in argv]
   for flag, default in defaults.items():
@@ -203,7 +205,7 @@ def test_a_full_disk_leaves_no_truncated_output_and_stops(tmp_path, capsys, monk
   monkeypatch.setattr(os, "write", full_disk)
   assert upscale.main([*BICUBIC, f"--input={folder}", f"--output={out}"]) == 1
   err = capsys.readouterr().err
-  assert err.count("no space left on the device") == 1, err
+  assert err.count("the disk is full (No space left on device); nothing was written") == 1, err
   assert "error: the disk is full: 2 image(s) not processed" in err
   assert "3 of 3 image(s) failed" in err
   assert files_under(out) == {}  # neither a truncated image nor a temporary file

@@ -178,7 +178,8 @@ def write_file_safely(path: str, write: Callable[[BinaryIO], None], overwrite: b
       `overwrite`, `path` exists (errno EEXIST). The temporary file is removed.
   """
   folder, name = os.path.split(os.path.abspath(path))
-  partial = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.partial")
+  # Hidden, and not an image extension: never listed as an input (list_images) if left behind.
+  partial = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(4)}.partial")
   try:
     # O_EXCL: never reuse a file; mode 0o666 & umask, as a plain open() would create it.
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -201,7 +202,7 @@ def write_file_safely(path: str, write: Callable[[BinaryIO], None], overwrite: b
     else:
       reason = e.strerror or str(e)
       if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        reason = f"no space left on the device ({reason})"
+        reason = f"the disk is full ({reason})"
     raise ImageWriteError(path, reason, e.errno) from e
   finally:
     if os.path.lexists(partial):
