@@ -175,26 +175,26 @@ def plan_jobs(input_path: str, output: str, ext: str | None, overwrite: bool = F
         f"({', '.join(e[1:] for e in data.WRITABLE_EXTENSIONS)}) or an --output file name"
       )
 
-  input_files = {_identity(source) for source, _ in jobs}
-  overwritten = [
-    f"{target!r} is the input {source!r}"
-    if os.path.samefile(source, target)
-    else f"{source!r} -> {target!r}"
-    for source, target in jobs
-    if os.path.exists(target) and _identity(target) in input_files
-  ]
+  input_files = {_identity(source) for source, _ in jobs if os.path.exists(source)}
+  overwritten = []
+  for source, target in jobs:
+    if os.path.exists(target) and _identity(target) in input_files:
+      itself = os.path.exists(source) and _identity(source) == _identity(target)
+      overwritten.append(
+        f"{target!r} is the input {source!r}" if itself else f"{source!r} -> {target!r}"
+      )
   if overwritten:
     raise UsageError(
       f"{len(overwritten)} output(s) would write over input files (never done, even with "
       f"--overwrite): {_listed(overwritten)}; choose another --output or --ext"
     )
-  by_target: dict[str, list[str]] = {}
+  by_target: dict[str, list[tuple[str, str]]] = {}  # one key per file the outputs name
   for source, target in jobs:
-    by_target.setdefault(os.path.normcase(os.path.realpath(target)), []).append(source)
+    by_target.setdefault(os.path.normcase(os.path.realpath(target)), []).append((source, target))
   collisions = [
-    f"{' and '.join(repr(s) for s in sources)} -> {target!r}"
-    for target, sources in by_target.items()
-    if len(sources) > 1
+    f"{' and '.join(repr(source) for source, _ in named)} -> {named[0][1]!r}"
+    for named in by_target.values()
+    if len(named) > 1
   ]
   if collisions:
     raise UsageError(

@@ -112,6 +112,16 @@ def test_output_folder_inside_the_input_folder_is_not_read_as_input(tmp_path, ca
   assert sorted(files_under(folder)) == ["a.png", "x2/a.png"]
 
 
+def test_a_dangling_link_among_the_inputs_is_one_failed_file(tmp_path, capsys):
+  folder, out = tmp_path / "in", tmp_path / "out"
+  save_image(folder / "a.png")
+  (folder / "b.png").symlink_to(tmp_path / "deleted.png")
+  assert upscale.main([*BICUBIC, f"--input={folder}", f"--output={out}"]) == 1
+  errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert len(errors) == 2 and "b.png: skipped" in errors[0] and "1 of 2" in errors[1], errors
+  assert sorted(files_under(out)) == ["a.png"]
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
