@@ -205,6 +205,23 @@ CHECKPOINTS: tuple[Entry, ...] = (
     )
     for name in ("efficientnet_lite0", "lukemelas:efficientnet_lite0")
   ),
+  # LPIPS v0.1 linear heads (sr_jax.metrics.LPIPS), shipped in the lpips wheel (offline).
+  *(
+    Entry(
+      f"lpips:{net}",
+      f"wheel://lpips/weights/v0.1/{net}.pth",
+      digest,
+      f"{net}.pth",
+      "BSD-2-Clause (richzhang/PerceptualSimilarity, the lpips package)",
+      "LPIPS v0.1 linear heads (lin0..lin4) of the PyPI wheel lpips 0.1.4 (`pip install --no-deps "
+      "lpips` gets them without torch); the ImageNet backbone is a separate entry",
+      None,
+    )
+    for net, digest in (
+      ("alex", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"),
+      ("vgg", "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
+    )
+  ),
   # Real-ESRGAN official releases (downloaded once).
   _realesrgan(
     "RealESRGAN_x4plus",
