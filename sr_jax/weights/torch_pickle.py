@@ -524,8 +524,8 @@ def _load_zip(path: str) -> Any:
     _scan_pickle(data_pkl, pickle_info.file_size, path)
     storages: dict[str, _Storage] = {}
     result = _RestrictedUnpickler(data_pkl, path, storages, legacy=False).load()
-    declared = pickle_info.file_size + sum(s.nbytes for s in storages.values())
-    if declared > budget:
+    declared = sum(s.nbytes for s in storages.values())
+    if pickle_info.file_size + declared > budget:
       raise CheckpointFormatError(
         f"{path}: the pickle declares {declared} bytes of storages, more than {MAX_INFLATION}x "
         f"the {file_size}-byte file; refused unread (a decompression bomb?)"
