@@ -98,14 +98,29 @@ def twin_config(weights: str | None) -> ml_collections.ConfigDict:
   return config
 
 
-def curves(workdir: str, eval_dir: str) -> dict:
-  """The held-out evaluations and the training loss that a run logged in its metrics.jsonl."""
+def training_seconds(rows: list[dict], start_step: int = 0) -> dict[int, float]:
+  """{logged step: training time up to it} (compilation included, evaluations and saves not),
+  from the steps_per_sec of the logged rows."""
+  elapsed, last_step, at_step = 0.0, start_step, {}
+  for row in rows:
+    if "steps_per_sec" in row:
+      elapsed += (row["step"] - last_step) / row["steps_per_sec"]
+      last_step = row["step"]
+      at_step[row["step"]] = elapsed
+  return at_step
+
+
+def curves(workdir: str, eval_dir: str, start_step: int = 0) -> dict:
+  """The held-out evaluations and the training loss that a run logged in its metrics.jsonl
+  (`start_step`: the step the run's log starts after)."""
   prefix = f"eval/{evaluate.dataset_name(eval_dir)}/"
   rows = train_logging.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   evals = [r for r in rows if f"{prefix}psnr_y" in r]
   losses = [r for r in rows if "loss" in r]
+  seconds = training_seconds(rows, start_step)
   return {
     "steps": [r["step"] for r in evals],
+    "train_seconds": [seconds.get(r["step"]) for r in evals],  # None: a step not logged
     "psnr_y": [r[f"{prefix}psnr_y"] for r in evals],
     "ssim_y": [r[f"{prefix}ssim_y"] for r in evals],
     "bicubic_psnr_y": evals[-1][f"{prefix}bicubic_psnr_y"],
@@ -114,14 +129,20 @@ def curves(workdir: str, eval_dir: str) -> dict:
   }
 
 
-def run_twin(name: str, weights: str | None) -> dict:
-  """Trains one twin (resuming if its workdir has checkpoints); returns its curves."""
-  workdir = os.path.join(FLAGS.out, name)
+def train_run(config: ml_collections.ConfigDict, workdir: str, start_step: int = 0) -> dict:
+  """Trains `config` in `workdir` (resuming if it has checkpoints); returns its curves and wall
+  seconds. Checkpoints are removed afterwards unless --keep_checkpoints."""
   start = time.perf_counter()
-  train.train_and_evaluate(twin_config(weights), workdir)
-  result = {**curves(workdir, FLAGS.eval_dir), "seconds": time.perf_counter() - start}
+  train.train_and_evaluate(config, workdir)
+  result = {**curves(workdir, FLAGS.eval_dir, start_step), "seconds": time.perf_counter() - start}
   if not FLAGS.keep_checkpoints:  # ~40 MB each; the curves are in metrics.jsonl
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+  return result
+
+
+def run_twin(name: str, weights: str | None) -> dict:
+  """Trains one twin (resuming if its workdir has checkpoints); returns its curves."""
+  result = train_run(twin_config(weights), os.path.join(FLAGS.out, name))
   print(
     f"{name} encoder: {FLAGS.steps} steps in {result['seconds']:.0f} s, held-out PSNR-Y "
     f"{result['psnr_y'][-1]:.2f} dB (bicubic {result['bicubic_psnr_y']:.2f})",

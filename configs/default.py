@@ -27,7 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.patch_size = 48  # LR side of a training patch (the HR side is patch_size * scale)
   config.data.augment = True  # random flips and 90-degree rotations
   # LR from HR: "bicubic" (MATLAB imresize) | "realesrgan" (second-order blur/resize/noise/JPEG,
-  # options below) | "paired" (stored LR: train_lr_dirs, or the TFDS dataset's "lr" images).
+  # options below) | "paired" (stored LR: train_lr_dirs, or the TFDS dataset's "lr" images) |
+  # "self" (no HR: train_dirs hold the LR images to adapt to; pairs = crop + its bicubic
+  # downscale, see sr_jax/adapt.py and configs/self_adapt_compact_x4.py).
   config.data.degradation = "bicubic"
   config.data.quantize_lr = True  # round bicubic LR to 8-bit levels, like the test sets' LR PNGs
   config.data.num_threads = 2  # threads preparing batches, in each process
@@ -129,3 +131,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.bucket = 16
   config.eval.checkpoint = "latest"  # for --mode=eval: latest | best | STEP
   return config
+  # (first, last): a jax.profiler trace of steps first..last (both included) in WORKDIR/profile
+  # (TensorBoard's profile tab, or Perfetto); () = off.
+  config.train.profile_steps = ()
+
+  # Self-supervised adaptation to the images to upscale, without HR (sr_jax/adapt.py;
+  # `python -m sr_jax.upscale --adapt_steps=N`): pairs = crops of the inputs and their bicubic
+  # downscale by the scale. Values picked on the bundled photos (README, transfer section).
+  config.adapt = ml_collections.ConfigDict()
+  config.adapt.steps = 200
+  config.adapt.batch_size = 8
+  config.adapt.patch_size = 16  # LR side of a pair; the target crop is patch_size * scale
+  config.adapt.learning_rate = 2e-4
+  config.adapt.warmup_steps = 10
+  config.adapt.ema_decay = 0.99  # 0 = the last weights instead of their EMA
+  config.adapt.seed = 0

@@ -99,7 +99,8 @@ def make_example(
     scale: SR factor.
     augment: apply random flips / 90-degree rotations.
     quantize_lr: round LR to 8-bit levels (bicubic; the other degradations always do).
-    degradation: "bicubic", "realesrgan" or "paired".
+    degradation: "bicubic", "realesrgan", "paired", or "self" (`image` is itself a
+      low-resolution image: the same as "bicubic", the crop being the target).
     realesrgan: options of the Real-ESRGAN degradation (`config.data.realesrgan`); only read
       for degradation "realesrgan".
 

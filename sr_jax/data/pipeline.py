@@ -4,7 +4,9 @@
   -> shuffle (a new order every epoch) -> repeat forever -> random HR crop of
   `patch_size * scale` pixels -> LR (`data.degradation`: "bicubic" = MATLAB `imresize(hr, 1 /
   scale)`; "realesrgan" = Real-ESRGAN's second-order degradation, see degradations; "paired" =
-  the matching crop of the stored LR image) -> random flips / 90-degree rotation of both -> batch.
+  the matching crop of the stored LR image; "self" = no HR exists: `data.train_dirs` hold the LR
+  images themselves, the crop is the target and its bicubic downscale the input, as in
+  sr_jax/adapt.py) -> random flips / 90-degree rotation of both -> batch.
 The per-example randomness comes from Grain's `random_map`, i.e. from (seed, process, index), so
 the batches do not depend on threads or workers, and the iterator state is just a position. The
 same images give the same batches from a folder and from its TFDS copy (`sr_jax.data.prepare`).
@@ -25,7 +27,7 @@ import numpy as np
 
 from sr_jax.data import examples, sources
 
-DEGRADATIONS = ("bicubic", "realesrgan", "paired")
+DEGRADATIONS = ("bicubic", "realesrgan", "paired", "self")
 # Grain's index shuffle costs ~5 ms per element on a handful of images (cycle walking) and
 # ~20 us from ~1000 up, so small sets are shuffled as k copies (each image k times per pass).
 _MIN_SHUFFLE_LENGTH = 1024
