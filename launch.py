@@ -8,7 +8,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sr_jax import data, sharding, train, workdirs
+from sr_jax import checkpointing, data, sharding, train, workdirs
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -30,15 +30,26 @@ flags.DEFINE_bool("verbose", False, "Tracebacks for user errors too.")
 flags.mark_flag_as_required("workdir")
 
 # What a user can get wrong: reported in one line, exit code 2.
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError, data.ImageReadError)
+USER_ERRORS = (
+  FileNotFoundError,
+  ValueError,
+  KeyError,
+  data.ImageReadError,
+  workdirs.WorkdirLockedError,
+)
+# A checkpoint that could not be written (e.g. a full disk): one line, exit code 1.
+SAVE_ERRORS = (checkpointing.CheckpointSaveError,)
+# Stopped on SIGTERM after saving a checkpoint: 128 + SIGTERM, what schedulers expect of a
+# terminated job (so they restart it); the same command continues.
+PREEMPTED_EXIT_CODE = 143
 
 
-def _fail(error: BaseException | str) -> None:
+def _fail(error: BaseException | str, exit_code: int = 2) -> None:
   if isinstance(error, KeyError):  # ml_collections: "'key'\nDid you mean ...?"
     error = f"unknown config key {error.args[0]}"
   message = " ".join(str(error).split()) or type(error).__name__
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(exit_code)
 
 
 def _parse_flags(argv):
@@ -53,10 +64,17 @@ def _parse_flags(argv):
   return argv
 
 
-def _hide_library_info_logs() -> None:
-  """Orbax logs every save step at INFO; keep our INFO lines and its warnings."""
+def _hide_library_info_logs(verbose: bool) -> None:
+  """Orbax logs every save step at INFO; keep our INFO lines and its warnings. Its errors (with
+  tracebacks, from every background thread of a failed save) come back as one CheckpointSaveError
+  line: shown only with --verbose."""
+  highest = std_logging.CRITICAL if verbose else std_logging.ERROR
   std_logging.getLogger("absl").addFilter(
-    lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    lambda record: (
+      "/orbax/" not in record.pathname
+      or std_logging.WARNING <= record.levelno < highest
+      or record.levelno >= std_logging.CRITICAL
+    )
   )
 
 
@@ -69,7 +87,7 @@ def _run(config, mode: str) -> None:
 
 def main(argv):
   del argv
-  _hide_library_info_logs()
+  _hide_library_info_logs(FLAGS.verbose)
   config = FLAGS.config
   try:
     if config is None:
@@ -91,10 +109,13 @@ def main(argv):
   )
   try:
     _run(config if FLAGS.config is not None or FLAGS.mode == "train" else None, FLAGS.mode)
-  except USER_ERRORS as e:
+  except train.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_CODE)
+  except (*USER_ERRORS, *SAVE_ERRORS) as e:
     if FLAGS.verbose:
       raise
-    _fail(e)
+    _fail(e, 1 if isinstance(e, SAVE_ERRORS) else 2)
 
 
 if __name__ == "__main__":

@@ -114,10 +114,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.freeze_encoder_steps = 0  # a pretrained encoder stays frozen for this many steps
   config.train.eval_at_start = False  # also evaluate before the first step (pretrained models)
   config.train.ema_decay = 0.999  # 0 = no EMA; evaluation uses the EMA weights otherwise
+  # Every N steps; 0 = only at the end (and, for checkpoints, at evaluations and on SIGTERM).
   config.train.log_every_steps = 100
   config.train.eval_every_steps = 5000
   config.train.checkpoint_every_steps = 5000
   config.train.keep_checkpoints = 3
+  # (first, last): a jax.profiler trace of steps first..last (both included) in WORKDIR/profile
+  # (TensorBoard's profile tab, or Perfetto); () = off.
+  config.train.profile_steps = ()
 
   config.eval = ml_collections.ConfigDict()
   config.eval.dirs = ("embedded:val",)  # folders of HR images, each reported under its folder name

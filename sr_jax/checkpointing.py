@@ -1,21 +1,48 @@
-"""Orbax checkpoints of the train state and the Grain iterator: async, last N + best by PSNR-Y."""
+"""Orbax checkpoints of the train state and the Grain iterator: async, last N + best by PSNR-Y.
 
+Damaged checkpoints (a truncated or missing data file, a missing `_METADATA`, a corrupt Grain
+iterator file) are reported in one line each and skipped for the newest good one; nothing is ever
+deleted: a resumed run moves the damaged ones it passed over into WORKDIR/damaged_checkpoints/.
+Save errors (a full disk) come back as one `CheckpointSaveError` line; orbax writes each step into
+a temporary folder and renames it only when complete, so the last good checkpoint stays intact.
+"""
+
+import json
 import os
-from typing import Any
+import shutil
+import sys
+import time
+from typing import Any, Callable
 
+from absl import logging
+from etils import epath
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 BEST_METRIC = "psnr_y"
+DAMAGED_DIR = "damaged_checkpoints"
 
 
-def create_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint failed (e.g. a full disk); the previous checkpoints are intact."""
+
+
+class DamagedCheckpointError(ValueError):
+  """No usable checkpoint (the one asked for, or every one of the run, is damaged)."""
+
+
+def create_manager(
+  workdir: str, keep: int, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
   """Keeps the latest `keep` checkpoints and the best one by validation PSNR-Y.
 
   A plain `best_fn` + `max_to_keep` could delete the latest checkpoint (resume would go back in
-  time), hence the explicit preservation policy.
+  time), hence the explicit preservation policy. read_only: for inference and evaluation, creates
+  and deletes nothing (a mistyped or read-only workdir stays untouched).
   """
+  _quiet_closed_event_loop_noise()
   preservation = policies.AnyPreservationPolicy(
     [
       policies.LatestN(keep),
@@ -32,7 +59,11 @@ def create_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.Chec
     best_fn=lambda m: m[BEST_METRIC],
     best_mode="max",
     enable_async_checkpointing=async_save,
-    create=True,
+    create=not read_only,
+    read_only=read_only,
+    # A save cut short (kill, full disk) leaves a *.orbax-checkpoint-tmp folder, never a
+    # checkpoint: a writing run removes those leftovers when it starts.
+    cleanup_tmp_directories=not read_only,
   )
   return ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -48,11 +79,49 @@ def save(
   data_iterator: Any,
   metrics: dict[str, float] | None = None,
 ) -> None:
-  """Saves asynchronously; the Grain iterator state is saved per process beside the state."""
+  """Saves asynchronously; the Grain iterator state is saved per process beside the state.
+
+  Raises:
+    CheckpointSaveError: this save, or the previous asynchronous one, failed.
+  """
   args = {"state": ocp.args.StandardSave(state)}
   if data_iterator is not None:
     args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+  with _save_errors(manager):
+    manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+  """Waits for an asynchronous save. Raises CheckpointSaveError if it failed."""
+  with _save_errors(manager):
+    manager.wait_until_finished()
+
+
+class _save_errors:
+  """Turns orbax's save failures (raised from its background threads) into one line."""
+
+  def __init__(self, manager: ocp.CheckpointManager):
+    self.manager = manager
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    if error is None or not isinstance(error, Exception) or isinstance(error, CheckpointSaveError):
+      return False
+    self.manager.reload()  # the failed step is not a checkpoint
+    last = self.manager.latest_step()
+    kept = f"the last complete checkpoint is step {last} (intact)" if last else "none is complete"
+    raise CheckpointSaveError(
+      f"saving a checkpoint in {self.manager.directory} failed: {one_line(error)}; {kept}. "
+      "Free space (or fix the cause) and rerun the same command to continue from it."
+    ) from error
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+  """The gist of a (tensorstore/orbax) error: its first line, without the long JSON spec."""
+  text = " ".join(str(error).split(" [tensorstore_spec")[0].split()) or type(error).__name__
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def restore(
@@ -91,3 +160,197 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
       f"no checkpoint for step {step} in {manager.directory}; have {sorted(steps)}"
     )
   return step
+
+
+def restore_latest(
+  manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: Any = None
+) -> tuple[int, Any]:
+  """Resume: (step, state) of the newest good checkpoint, the data iterator restored in place.
+
+  Damaged newer checkpoints are reported and moved into WORKDIR/damaged_checkpoints/ (process 0),
+  so the resumed run can save those steps again. Raises ValueError when the checkpoints hold
+  another train state (a changed network or optimizer), listing the differing entries.
+  """
+  step, state = _restore_first_good(
+    manager,
+    "latest",
+    abstract_state,
+    lambda s: restore(manager, s, abstract_state, data_iterator),
+  )
+  newer = [s for s in manager.all_steps() if s > step]
+  if newer:
+    if jax.process_index() == 0:
+      _set_aside(manager, newer)
+    _sync_processes("sr_jax:set_aside_damaged")
+    manager.reload()
+  return step, state
+
+
+def restore_weights(workdir: str, which: str | int, abstract_subtree: dict) -> tuple[int, dict]:
+  """Inference: (step, `abstract_subtree`'s entries) of checkpoint latest|best|STEP of
+  `workdir`, read-only. A damaged latest (or best) is reported and the newest good one used; a
+  damaged explicit STEP is an error."""
+  manager = create_manager(workdir, keep=1, read_only=True)
+  try:
+    return _restore_first_good(
+      manager,
+      which,
+      abstract_subtree,
+      lambda s: restore_subtree(manager, s, abstract_subtree),
+      partial=True,
+    )
+  finally:
+    manager.close()
+
+
+def _restore_first_good(
+  manager: ocp.CheckpointManager,
+  which: str | int,
+  abstract_state: Any,
+  restore_step: Callable[[int], Any],
+  partial: bool = False,
+) -> tuple[int, Any]:
+  first = resolve_step(manager, which)
+  if which in ("latest", "best"):
+    candidates = [first] + sorted((s for s in manager.all_steps() if s != first), reverse=True)
+  else:
+    candidates = [first]
+  damaged = []
+  for step in candidates:
+    try:
+      differences = _structure_differences(manager, step, abstract_state, partial)
+      if differences:
+        raise ValueError(
+          f"the checkpoints in {manager.directory} hold another train state than this config "
+          f"builds ({'; '.join(differences[:8])}): a changed network or optimizer setting "
+          "(e.g. train.ema_decay 0 vs > 0, optim.grad_clip_norm 0 vs > 0); use a new --workdir "
+          "or the run's own config"
+        )
+      _check_data_files(manager, step)
+      if jax.process_count() == 1:
+        restored = _try_restore(restore_step, step)
+      else:  # every process checked the same files above, so all agree on `step`; a failure
+        restored = restore_step(step)  # here would leave the others at orbax's barrier
+    except _Damaged as error:
+      damaged.append(step)
+      remaining = [s for s in candidates if s not in damaged]
+      logging.warning(
+        "checkpoint %d in %s is damaged (%s); %s",
+        step,
+        manager.directory,
+        error.reason,
+        f"trying step {remaining[0]}" if remaining else "no other checkpoint",
+      )
+      continue
+    if damaged:
+      logging.warning(
+        "using checkpoint %d, the newest good one (damaged: %s)", step, ", ".join(map(str, damaged))
+      )
+    return step, restored
+  raise DamagedCheckpointError(
+    f"no usable checkpoint in {manager.directory}: "
+    f"{'step ' + str(damaged[0]) if len(damaged) == 1 else 'steps ' + str(damaged)} damaged "
+    "(see the warnings above); move the damaged step folders away to start over"
+  )
+
+
+class _Damaged(Exception):
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+
+
+def _try_restore(restore_step: Callable[[int], Any], step: int) -> Any:
+  try:
+    return restore_step(step)
+  except Exception as error:  # a data file cut short is only seen when the arrays are read
+    raise _Damaged(one_line(error)) from error
+
+
+def _structure_differences(
+  manager: ocp.CheckpointManager, step: int, abstract_state: Any, partial: bool
+) -> list[str]:
+  """The train-state entries (path: shape) that differ between the checkpoint and the template.
+
+  Reading the array metadata also checks that `_METADATA`, the manifest and the data files'
+  headers are readable: a damaged step raises _Damaged.
+  """
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    metadata = handler.metadata(epath.Path(manager.directory) / str(step) / "state")
+  except Exception as error:
+    raise _Damaged(one_line(error)) from error
+  finally:
+    handler.close()
+  if metadata is None or metadata.tree is None:
+    raise _Damaged("no train-state metadata")
+  saved = _shapes(metadata.tree)
+  wanted = _shapes(abstract_state)
+  if partial:  # only the top-level entries asked for
+    asked = {k.split("/")[0] for k in wanted}
+    saved = {k: v for k, v in saved.items() if k.split("/")[0] in asked}
+  differences = [
+    f"{k}: checkpoint {saved[k]}, config {wanted[k]}"
+    for k in sorted(saved.keys() & wanted.keys())
+    if saved[k] != wanted[k]
+  ]
+  differences += [f"{k}: only in the config" for k in sorted(wanted.keys() - saved.keys())]
+  if not partial:
+    differences += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - wanted.keys())]
+  return differences
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+    for path, leaf in leaves
+  }
+
+
+def _check_data_files(manager: ocp.CheckpointManager, step: int) -> None:
+  """Every process's Grain iterator file of `step` parses (all processes see the same files)."""
+  folder = epath.Path(manager.directory) / str(step) / "data"
+  if not folder.exists():
+    return  # saved without an iterator
+  for path in sorted(folder.glob("*.json")):
+    try:
+      json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+      raise _Damaged(f"{path.name}: {one_line(error)}") from error
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves damaged step folders out of the manager's sight, so their steps can be saved again."""
+  directory = os.fspath(manager.directory)
+  target_root = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+  os.makedirs(target_root, exist_ok=True)
+  for step in steps:
+    target = os.path.join(target_root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(os.path.join(directory, str(step)), target)
+    logging.warning("moved damaged checkpoint %d to %s (not deleted)", step, target)
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _quiet_closed_event_loop_noise() -> None:
+  """Tensorstore callbacks that arrive after orbax closed its event loop (a failed restore or
+  save) print "RuntimeError: Event loop is closed" as unraisable tracebacks, by the hundred;
+  they say nothing the real error does not. Other unraisable errors still print."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_sr_jax_filter", False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._sr_jax_filter = True
+  sys.unraisablehook = hook

@@ -47,12 +47,8 @@ def restore_model(
   template = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), template
   )
-  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
-  try:
-    step = checkpointing.resolve_step(manager, checkpoint)
-    restored = checkpointing.restore_subtree(manager, step, template)
-  finally:
-    manager.close()
+  # Read-only; a damaged latest/best checkpoint is reported and the newest good one used.
+  step, restored = checkpointing.restore_weights(workdir, checkpoint, template)
   model = nnx.merge(graphdef, restored[inference_weights_key(config)], restored["model_state"])
   model.eval()
   return model, step, config
