@@ -134,6 +134,15 @@ def get_config() -> ml_collections.ConfigDict:
   # full images (one compile per size; BasicSR-identical borders).
   config.eval.bucket = 16
   config.eval.checkpoint = "latest"  # for --mode=eval: latest | best | STEP
+  # Metrics per eval set, each beside bicubic's: psnr_y (required: picks the best checkpoint),
+  # ssim_y, niqe (no reference, BasicSR's; ~0.1 s per 256x256 image), lpips (eval.lpips below).
+  config.eval.metrics = ("psnr_y", "ssim_y")
+  config.eval.lpips = ml_collections.ConfigDict()
+  config.eval.lpips.net = "alex"  # alex | vgg (VGG-16)
+  # A .pth of lpips.LPIPS's state_dict (backbone and heads); "" = the heads of the installed
+  # lpips wheel (pip install --no-deps lpips) with the `backbone` below.
+  config.eval.lpips.weights = ""
+  config.eval.lpips.backbone = "imagenet"  # torchvision:alexnet / vgg16 (downloaded once) or a path
   return config
   # (first, last): a jax.profiler trace of steps first..last (both included) in WORKDIR/profile
   # (TensorBoard's profile tab, or Perfetto); () = off.

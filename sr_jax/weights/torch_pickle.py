@@ -267,19 +267,21 @@ class _BoundedReader:
   """A file as `pickletools.genops` reads it, where no read can ask for more than is left."""
 
   def __init__(self, file, end: int):
-    self._file, self._end = file, end
+    self._file, self._position, self._end = file, file.tell(), end
 
-  def _left(self) -> int:
-    return max(0, self._end - self._file.tell())
+  def _take(self, data: bytes) -> bytes:
+    self._position += len(data)
+    return data
 
   def read(self, n: int = -1) -> bytes:
-    return self._file.read(self._left() if n < 0 else min(n, self._left()))
+    left = max(0, self._end - self._position)
+    return self._take(self._file.read(left if n < 0 else min(n, left)))
 
   def readline(self) -> bytes:
-    return self._file.readline(self._left())
+    return self._take(self._file.readline(max(0, self._end - self._position)))
 
   def tell(self) -> int:
-    return self._file.tell()
+    return self._position
 
 
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
