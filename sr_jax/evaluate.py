@@ -1,4 +1,5 @@
-"""Full-image evaluation: PSNR-Y / SSIM-Y (border = scale) of a model and of bicubic, per folder.
+"""Full-image evaluation of a model and of bicubic, per folder: the metrics of `eval.metrics`
+(PSNR-Y and SSIM-Y by default; NIQE and LPIPS on request), border = scale cropped.
 
 `evaluate` returns the results; a `Reporter` writes them into a workdir (eval_results.json / .md,
 comparison figures, metric scalars)."""
@@ -19,12 +20,97 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 RESULTS = "eval_results.json"
 START_RESULTS = "eval_results_start.json"
 
+# What `eval.metrics` may name. psnr_y is always among them: it picks the best checkpoint.
+METRICS = ("psnr_y", "ssim_y", "niqe", "lpips")
+_LABELS = {"psnr_y": "PSNR-Y (dB)", "ssim_y": "SSIM-Y", "niqe": "NIQE", "lpips": "LPIPS"}
+_DIGITS = {"psnr_y": 2, "ssim_y": 4, "niqe": 3, "lpips": 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """The per-image metrics of `eval.metrics`, border = scale cropped from each side.
+
+  psnr_y, ssim_y: Y channel against HR. niqe: no reference, BasicSR's `calculate_niqe` (None
+  for images without two 96x96 blocks after the crop). lpips: `metrics.LPIPS` (given as
+  `lpips`) against HR on the 8-bit images, as saved. Lower is better for NIQE and LPIPS.
+  """
+
+  names: tuple[str, ...] = ("psnr_y", "ssim_y")
+  lpips: Any = None
+
+  def __post_init__(self):
+    unknown = [name for name in self.names if name not in METRICS]
+    if unknown or "psnr_y" not in self.names:
+      raise ValueError(
+        f"eval.metrics={tuple(self.names)}: choose from {', '.join(METRICS)}, with psnr_y "
+        "(it picks the best checkpoint)"
+      )
+    if ("lpips" in self.names) != (self.lpips is not None):
+      raise ValueError("Scorer: give an LPIPS exactly when eval.metrics names lpips")
+
+  def niqe(self, image: np.ndarray, scale: int) -> float | None:
+    """NIQE, or None (with a warning) for an image without two textured 96x96 blocks."""
+    try:
+      return metrics.niqe(image, scale)
+    except ValueError as error:
+      logging.warning("NIQE left out for a %dx%d image: %s", *image.shape[:2], error)
+      return None
+
+  def __call__(self, sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float | None]:
+    """{metric: value} of the SR image `sr` against `hr`, in `names` order."""
+    scores = {}
+    for name in self.names:
+      if name == "psnr_y":
+        scores[name] = metrics.psnr_y(sr, hr, scale)
+      elif name == "ssim_y":
+        scores[name] = metrics.ssim_y(sr, hr, scale)
+      elif name == "niqe":
+        scores[name] = self.niqe(sr, scale)
+      else:
+        crop = (slice(None), slice(scale, -scale or None), slice(scale, -scale or None))
+        pair = [data.to_float(metrics.to_uint8(image))[None][crop] for image in (sr, hr)]
+        scores[name] = float(self.lpips(*pair)[0])
+    return scores
+
+  def reference_scores(self, bicubic: np.ndarray, hr: np.ndarray, scale: int) -> dict:
+    """The bicubic baseline's scores (`bicubic_<metric>`) and HR's NIQE (`hr_niqe`)."""
+    scores = {f"bicubic_{name}": value for name, value in self(bicubic, hr, scale).items()}
+    if "niqe" in self.names:
+      scores["hr_niqe"] = self.niqe(hr, scale)
+    return scores
+
+  def caption(self, image: np.ndarray, hr: np.ndarray, scale: int) -> str:
+    """Figure caption: PSNR-Y, then NIQE / LPIPS on a second line when they are measured."""
+    scores = self(image, hr, scale)
+    extra = [
+      f"{_LABELS[name]} {_fmt(scores[name], _DIGITS[name])}"
+      for name in ("niqe", "lpips")
+      if name in scores
+    ]
+    return f"{scores['psnr_y']:.2f} dB" + ("\n" + " ".join(extra) if extra else "")
+
+
+def create_scorer(eval_config) -> Scorer:
+  """The `Scorer` of `eval.metrics`; loads the LPIPS network (`eval.lpips`) when it is named."""
+  names = tuple(eval_config.metrics)
+  lpips = None
+  if "lpips" in names:
+    lpips_config = eval_config.lpips
+    lpips = metrics.LPIPS(
+      lpips_config.net, weights=lpips_config.weights or None, backbone=lpips_config.backbone
+    )
+  return Scorer(names, lpips)
+
 
 @dataclasses.dataclass
 class EvalSet:
   name: str
   images: list  # of data.EvalImage
   bicubic: list  # bicubic upscales of the LR images, computed once
+  scorer: Scorer = dataclasses.field(default_factory=Scorer)
+  # Per image: bicubic's and HR's scores (`Scorer.reference_scores`), computed at the first
+  # evaluation, since they never change.
+  reference_scores: list | None = None
 
 
 def dataset_name(spec: str) -> str:
@@ -33,18 +119,24 @@ def dataset_name(spec: str) -> str:
 
 
 def load_eval_sets(
-  dir_specs: Sequence[str], scale: int, datasets: Sequence[str] = (), data_root: str = ""
+  dir_specs: Sequence[str],
+  scale: int,
+  datasets: Sequence[str] = (),
+  data_root: str = "",
+  scorer: Scorer | None = None,
 ) -> list[EvalSet]:
   """Loads each eval folder's HR images once, with their LR and bicubic versions.
 
   `dir_specs` are folders (`eval.dirs`), `datasets` named evaluation sets (`data.EVAL_SETS`)
-  resolved under `data_root` (`eval.datasets`, `eval.data_root`).
+  resolved under `data_root` (`eval.datasets`, `eval.data_root`); `scorer` the metrics reported
+  on them (`create_scorer(config.eval)`; default PSNR-Y and SSIM-Y).
   """
+  scorer = scorer or Scorer()
   sets = []
   for name, path in data.eval_folders(tuple(dir_specs), tuple(datasets), data_root):
     images = data.load_eval_folder(path, scale)
     bicubic = [data.bicubic_baseline(im.lr, scale) for im in images]
-    sets.append(EvalSet(name, images, bicubic))
+    sets.append(EvalSet(name, images, bicubic, scorer))
   return sets
 
 
@@ -99,7 +191,7 @@ def evaluate(
   bucket: int | None = None,
   outputs: dict | None = None,
 ) -> dict:
-  """Mean PSNR-Y / SSIM-Y of `predict` and of bicubic on every set.
+  """Mean scores (each set's `scorer`) of `predict` and of bicubic on every set.
 
   Args:
     predict: lr -> sr on one full image.
@@ -110,24 +202,27 @@ def evaluate(
     outputs: if given, filled with {(set name, image name): SR image in [0, 1]} (for figures).
 
   Returns:
-    {set name: {psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y, num_images}}.
+    {set name: {<metric>, ..., bicubic_<metric>, ..., [hr_niqe], num_images}} for the metrics
+    of the set's scorer, e.g. {psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y, num_images}. A
+    mean is None where no image has the value (NIQE: all images too small).
   """
   if bucket:
     predict = bucketed(predict, bucket)
   results = {}
   for eval_set in eval_sets:
+    scorer = eval_set.scorer
+    if eval_set.reference_scores is None:
+      eval_set.reference_scores = [
+        scorer.reference_scores(bicubic, image.hr, scale)
+        for image, bicubic in zip(eval_set.images, eval_set.bicubic)
+      ]
     rows = []
-    for image, bicubic in zip(eval_set.images, eval_set.bicubic):
+    for image, reference in zip(eval_set.images, eval_set.reference_scores):
       sr = np.clip(np.asarray(predict(image.lr), np.float32), 0.0, 1.0)
       if outputs is not None:
         outputs[eval_set.name, image.name] = sr
-      row = (
-        metrics.psnr_y(sr, image.hr, scale),
-        metrics.ssim_y(sr, image.hr, scale),
-        metrics.psnr_y(bicubic, image.hr, scale),
-        metrics.ssim_y(bicubic, image.hr, scale),
-      )
-      if np.all(np.isfinite(row)):
+      row = {**scorer(sr, image.hr, scale), **reference}
+      if np.isfinite(row["psnr_y"]) and np.isfinite(row["bicubic_psnr_y"]):
         rows.append(row)
       else:  # identical to HR (a flat image): PSNR is infinite and would poison the mean
         logging.warning(
@@ -136,13 +231,16 @@ def evaluate(
           eval_set.name,
           image.name,
         )
-    mean = np.mean(np.asarray(rows, np.float64), axis=0) if rows else [None] * 4
-    results[eval_set.name] = {
-      key: None if value is None else float(value)
-      for key, value in zip(("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"), mean)
-    }
+    keys = [*scorer.names, *(f"bicubic_{name}" for name in scorer.names)]
+    keys += ["hr_niqe"] if "niqe" in scorer.names else []
+    results[eval_set.name] = {key: _mean([row[key] for row in rows]) for key in keys}
     results[eval_set.name]["num_images"] = len(rows)
   return results
+
+
+def _mean(values: list[float | None]) -> float | None:
+  present = [v for v in values if v is not None]
+  return float(np.mean(np.asarray(present, np.float64))) if present else None
 
 
 def results_document(step: int, scale: int, dataset_results: dict) -> dict:
@@ -170,21 +268,29 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def markdown_table(document: dict, model_name: str = "model", start: dict | None = None) -> str:
-  """One row per dataset for bicubic, the model before training (`start`, if given), the model."""
+  """One row per dataset for bicubic, the model before training (`start`, if given), the model,
+  and HR when NIQE was measured; one column per metric in the results (NIQE, LPIPS: lower is
+  better)."""
   step = document["step"]
-  lines = ["| dataset | method | PSNR-Y (dB) | SSIM-Y | images |", "|---|---|---|---|---|"]
+  results = document["datasets"].values()
+  columns = [m for m in METRICS if any(m in r for r in results)] or ["psnr_y", "ssim_y"]
+  lines = [
+    "| dataset | method | " + " | ".join(_LABELS[m] for m in columns) + " | images |",
+    "|---|---|" + "---|" * len(columns) + "---|",
+  ]
+
+  def row(name: str, method: str, values: dict, prefix: str = "") -> str:
+    cells = " | ".join(_fmt(values.get(prefix + m), _DIGITS[m]) for m in columns)
+    return f"| {name} | {method} | {cells} | {n} |"
+
   for name, r in document["datasets"].items():
     n = r["num_images"]
-    bicubic = f"{_fmt(r['bicubic_psnr_y'], 2)} | {_fmt(r['bicubic_ssim_y'], 4)}"
-    lines.append(f"| {name} | bicubic | {bicubic} | {n} |")
+    lines.append(row(name, "bicubic", r, "bicubic_"))
     if start and name in start["datasets"]:
-      before = start["datasets"][name]
-      lines.append(
-        f"| {name} | {model_name} at step {start['step']} | {_fmt(before['psnr_y'], 2)} "
-        f"| {_fmt(before['ssim_y'], 4)} | {n} |"
-      )
-    label = f"{model_name} at step {step}" if start else model_name
-    lines.append(f"| {name} | {label} | {_fmt(r['psnr_y'], 2)} | {_fmt(r['ssim_y'], 4)} | {n} |")
+      lines.append(row(name, f"{model_name} at step {start['step']}", start["datasets"][name]))
+    lines.append(row(name, f"{model_name} at step {step}" if start else model_name, r))
+    if "hr_niqe" in r:
+      lines.append(row(name, "HR", {"niqe": r["hr_niqe"]}))
   return "\n".join(lines)
 
 
@@ -259,7 +365,16 @@ class Reporter:
           panels.append((f"{self.model_name} step 0", data.to_float(data.read_image(before))))
         panels.append((f"{self.model_name} step {step}", outputs[eval_set.name, image.name]))
         title = f"{eval_set.name}/{image.name} x{self.scale}, step {step}"
-        figure = figures.zoom_comparison_figure(panels, image.hr, self.scale, title=title)
+        scorer, hr = eval_set.scorer, image.hr
+        hr_niqe = scorer.niqe(hr, self.scale) if "niqe" in scorer.names else None
+        figure = figures.zoom_comparison_figure(
+          panels,
+          hr,
+          self.scale,
+          title=title,
+          caption=lambda sr, scorer=scorer, hr=hr: scorer.caption(sr, hr, self.scale),
+          hr_caption="HR" if hr_niqe is None else f"HR\nNIQE {hr_niqe:.3f}",
+        )
         figure.save(os.path.join(folder, name))
         if eval_set is eval_sets[0] and image is eval_set.images[0]:
           figure.save(self._path("comparison.png"))

@@ -1,31 +1,36 @@
-"""Side-by-side comparison figures with zoomed crops and PSNR-Y in the captions.
+"""Side-by-side comparison figures with zoomed crops and PSNR-Y (or any scores) in the captions.
 
 Layout of `zoom_comparison_figure`: the HR image, downsized, with the crop marked in red, then the
 crop of every panel (bicubic | each model | HR) enlarged with nearest-neighbour pixels, each
-captioned with its name and full-image PSNR-Y (border = scale).
+captioned with its name and full-image PSNR-Y (border = scale), or the caption function's text
+(`evaluate.Scorer.caption` adds NIQE / LPIPS on a second line).
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from sr_jax import metrics
 
-CAPTION_HEIGHT = 18
+CAPTION_HEIGHT = 18  # one line; each further line adds LINE_HEIGHT
+LINE_HEIGHT = 12
 GAP = 8
 CHAR_WIDTH = 6  # of PIL's default bitmap font, to shorten captions that would not fit
 MARK_COLOR = (230, 25, 25)
 
 
-def _captioned(image: np.ndarray | Image.Image, caption: str) -> Image.Image:
+def _captioned(image: np.ndarray | Image.Image, caption: str, lines: int = 1) -> Image.Image:
+  """`image` under `caption` (its lines cut to the tile's width), with room for `lines` lines."""
   tile = image if isinstance(image, Image.Image) else Image.fromarray(metrics.to_uint8(image))
   max_chars = max(4, (tile.width - 6) // CHAR_WIDTH)
-  if len(caption) > max_chars:
-    caption = caption[: max_chars - 1] + "~"
-  canvas = Image.new("RGB", (tile.width, tile.height + CAPTION_HEIGHT), "white")
-  canvas.paste(tile.convert("RGB"), (0, CAPTION_HEIGHT))
-  ImageDraw.Draw(canvas).text((4, 3), caption, fill="black")
+  caption = "\n".join(
+    line[: max_chars - 1] + "~" if len(line) > max_chars else line for line in caption.split("\n")
+  )
+  height = CAPTION_HEIGHT + LINE_HEIGHT * (max(lines, caption.count("\n") + 1) - 1)
+  canvas = Image.new("RGB", (tile.width, tile.height + height), "white")
+  canvas.paste(tile.convert("RGB"), (0, height))
+  ImageDraw.Draw(canvas).multiline_text((4, 3), caption, fill="black", spacing=1)
   return canvas
 
 
@@ -68,6 +73,8 @@ def zoom_comparison_figure(
   crop: tuple[int, int, int] | None = None,
   zoom_size: int = 192,
   title: str = "",
+  caption: Callable[[np.ndarray], str] | None = None,
+  hr_caption: str = "HR",
 ) -> Image.Image:
   """HR overview with the crop marked, then the zoomed crop of each panel and of HR.
 
@@ -80,6 +87,9 @@ def zoom_comparison_figure(
       error is largest (`auto_crop`).
     zoom_size: side of each zoomed crop in the figure, in pixels.
     title: caption of the overview (e.g. the image name).
+    caption: panel image -> the caption text after the panel's name (may hold a line break);
+      default: its full-image PSNR-Y against `hr`.
+    hr_caption: caption of the HR crop.
 
   Returns:
     The figure as a PIL RGB image.
@@ -108,10 +118,14 @@ def zoom_comparison_figure(
   )
   box = [left * shrink, top * shrink, (left + size) * shrink - 1, (top + size) * shrink - 1]
   ImageDraw.Draw(overview).rectangle(box, outline=MARK_COLOR, width=2)
-  tiles = [_captioned(overview, title or f"HR x{scale}, crop {size}px")]
-  tiles += [
-    _captioned(zoomed(image), f"{name} {metrics.psnr_y(image, hr, scale):.2f} dB")
-    for name, image in panels
-  ]
-  tiles.append(_captioned(zoomed(hr), "HR"))
+  if caption is None:
+
+    def caption(image):
+      return f"{metrics.psnr_y(image, hr, scale):.2f} dB"
+
+  texts = [f"{name} {caption(image)}" for name, image in panels] + [hr_caption]
+  lines = max(text.count("\n") + 1 for text in texts)  # all tiles the same height
+  tiles = [_captioned(overview, title or f"HR x{scale}, crop {size}px", lines)]
+  tiles += [_captioned(zoomed(image), text, lines) for (_, image), text in zip(panels, texts)]
+  tiles.append(_captioned(zoomed(hr), hr_caption, lines))
   return _side_by_side(tiles)

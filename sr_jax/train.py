@@ -104,7 +104,11 @@ def _check_finite(history: list[dict], first_step: int) -> None:
 
 def _load_eval_sets(config: ml_collections.ConfigDict) -> list[evaluate.EvalSet]:
   return evaluate.load_eval_sets(
-    config.eval.dirs, config.data.scale, config.eval.datasets, config.eval.data_root
+    config.eval.dirs,
+    config.data.scale,
+    config.eval.datasets,
+    config.eval.data_root,
+    evaluate.create_scorer(config.eval),
   )
 
 

@@ -79,3 +79,69 @@ def test_flat_image_is_left_out_of_the_means_and_json_stays_valid(tmp_path, capl
   assert "| flat_only | bicubic | - | - | 0 |" in evaluate.markdown_table(
     evaluate.results_document(1, 2, results)
   )
+
+
+def test_scorer_rejects_bad_metric_names():
+  from configs import default
+  from sr_jax import evaluate
+
+  scorer = evaluate.create_scorer(default.get_config().eval)
+  assert scorer.names == ("psnr_y", "ssim_y") and scorer.lpips is None
+  with pytest.raises(ValueError, match=r"eval.metrics=\('psnr_y', 'brisque'\)"):
+    evaluate.Scorer(("psnr_y", "brisque"))
+  with pytest.raises(ValueError, match="with psnr_y"):
+    evaluate.Scorer(("ssim_y", "niqe"))
+
+
+def test_evaluate_with_niqe_and_lpips(tmp_path):
+  """eval.metrics with niqe and lpips: per-set means beside bicubic's, table, figure captions."""
+  torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
+  lpips = pytest.importorskip("lpips", reason="parity extras not installed: make parity-deps")
+  import json
+
+  from PIL import Image
+
+  from sr_jax import evaluate
+
+  torch.manual_seed(0)
+  reference = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+  torch.save(reference.state_dict(), tmp_path / "lpips_alex.pth")
+  lp = metrics.LPIPS("alex", weights=tmp_path / "lpips_alex.pth")
+  scorer = evaluate.Scorer(("psnr_y", "ssim_y", "niqe", "lpips"), lp)
+  folder = tmp_path / "val"
+  folder.mkdir()
+  for name, photo in (("astronaut", skdata.astronaut()), ("coffee", skdata.coffee())):
+    Image.fromarray(photo[40:160, 150:350]).save(folder / f"{name}.png")  # 120x200 HR: 2 blocks
+  sets = evaluate.load_eval_sets([str(folder)], 2, scorer=scorer)
+  outputs = {}
+  results = evaluate.evaluate(lambda lr: lr.repeat(2, 0).repeat(2, 1), sets, 2, outputs=outputs)
+  r = results["val"]
+  assert list(r) == [
+    *("psnr_y", "ssim_y", "niqe", "lpips"),
+    *("bicubic_psnr_y", "bicubic_ssim_y", "bicubic_niqe", "bicubic_lpips"),
+    *("hr_niqe", "num_images"),
+  ]
+  images = sets[0].images
+  sr = [outputs["val", im.name] for im in images]
+  assert r["niqe"] == pytest.approx(np.mean([metrics.niqe(s, 2) for s in sr]))
+  assert r["hr_niqe"] == pytest.approx(np.mean([metrics.niqe(im.hr, 2) for im in images]))
+  # LPIPS of the 8-bit images with the border cropped, as a saved SR image would be scored.
+  crop = np.s_[2:-2, 2:-2]
+  quantised = [
+    (metrics.to_uint8(a)[crop] / 255.0)[None].astype(np.float32) for a in (sr[0], images[0].hr)
+  ]
+  first = float(lp(*quantised)[0])
+  assert scorer(sr[0], images[0].hr, 2)["lpips"] == pytest.approx(first, abs=1e-6)
+  assert r["bicubic_lpips"] < r["lpips"]  # nearest-neighbour upscaling looks worse than bicubic
+
+  table = evaluate.markdown_table(evaluate.results_document(5, 2, results))
+  assert "| dataset | method | PSNR-Y (dB) | SSIM-Y | NIQE | LPIPS | images |" in table
+  assert f"| val | HR | - | - | {r['hr_niqe']:.3f} | - | 2 |" in table
+  evaluate.Reporter(str(tmp_path), 2, "nearest").report(5, results, sets, outputs)
+  assert json.loads((tmp_path / "eval_results.json").read_text())["datasets"]["val"] == r
+  # Two caption lines (PSNR, then NIQE and LPIPS): the figure is one line taller than PSNR's.
+  figure = Image.open(tmp_path / "comparison.png")
+  psnr_only = evaluate.figures.zoom_comparison_figure([("b", sets[0].bicubic[0])], images[0].hr, 2)
+  assert figure.height == psnr_only.height + evaluate.figures.LINE_HEIGHT
+  assert scorer.caption(sr[0], images[0].hr, 2).count("\n") == 1
+  assert "NIQE" in scorer.caption(sr[0], images[0].hr, 2)

@@ -42,7 +42,11 @@ def test_niqe_sees_degradation():
 
 
 def test_niqe_bad_input():
-  with pytest.raises(ValueError, match="at least 96x96.*cropping 4"):
+  with pytest.raises(ValueError, match=r"two 96x96 blocks .* cropping 4 .* got 92x292"):
     niqe(np.zeros((100, 300, 3), np.uint8), 4)
+  with pytest.raises(ValueError, match="two 96x96 blocks"):  # one block: BasicSR's pinv fails
+    niqe(skdata.astronaut()[:100, :180], 0)
+  with pytest.raises(ValueError, match="0 of 2 96x96 blocks have texture"):
+    niqe(np.full((96, 192, 3), 128, np.uint8), 0)
   with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
     niqe(np.zeros((128, 128), np.uint8), 0)

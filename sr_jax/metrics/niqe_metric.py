@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import warnings
 
 import numpy as np
 from scipy import ndimage, special
@@ -82,20 +83,24 @@ def _niqe_gray(gray: np.ndarray) -> float:
     sigma = np.sqrt(np.abs(ndimage.convolve(np.square(gray), window, mode="nearest") - mu**2))
     normalized = (gray - mu) / (sigma + 1)
     size = BLOCK_SIZE // scale
-    per_scale.append(
-      np.array(
-        [
-          _block_features(normalized[i * size : (i + 1) * size, j * size : (j + 1) * size])
-          for j in range(blocks_w)
-          for i in range(blocks_h)
-        ]
-      )
-    )
+    with warnings.catch_warnings():  # a flat block's fit is NaN (empty means): left out below
+      warnings.simplefilter("ignore", RuntimeWarning)
+      blocks = [
+        _block_features(normalized[i * size : (i + 1) * size, j * size : (j + 1) * size])
+        for j in range(blocks_w)
+        for i in range(blocks_h)
+      ]
+    per_scale.append(np.array(blocks))
     if scale == 1:
       gray = imresize(gray / 255.0, scale=0.5, antialiasing=True) * 255.0
   features = np.concatenate(per_scale, axis=1)
+  textured = features[~np.isnan(features).any(axis=1)]  # a flat block has no AGGD fit
+  if len(textured) < 2:  # no covariance: BasicSR fails in pinv ("SVD did not converge")
+    raise ValueError(
+      f"niqe: {len(textured)} of {len(features)} 96x96 blocks have texture; the score needs 2"
+    )
   mu_image = np.nanmean(features, axis=0)
-  cov_image = np.cov(features[~np.isnan(features).any(axis=1)], rowvar=False)
+  cov_image = np.cov(textured, rowvar=False)
   inv_cov = np.linalg.pinv((cov_pristine + cov_image) / 2)
   diff = mu_pristine - mu_image
   return float(np.squeeze(np.sqrt(diff @ inv_cov @ diff.T)))
@@ -117,8 +122,11 @@ def niqe(image: np.ndarray, crop_border: int) -> float:
     crop_border: pixels removed from each side before scoring (BasicSR: the SR scale).
 
   Returns:
-    The NIQE score. Only whole 96x96 blocks count: the image (after cropping) must be at least
-    96x96, and at least 192x96 or 96x192 for a finite score (one block has no covariance).
+    The NIQE score. Only whole 96x96 blocks count: the image (after cropping) must hold two
+    (192x96 or 96x192 at least; one block has no covariance).
+
+  Raises:
+    ValueError: not an RGB image, fewer than two blocks, or fewer than two with texture.
   """
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[-1] != 3:
@@ -128,9 +136,10 @@ def niqe(image: np.ndarray, crop_border: int) -> float:
   y = _y_float32(to_uint8(image))
   if crop_border:
     y = y[crop_border:-crop_border, crop_border:-crop_border]
-  if min(y.shape) < BLOCK_SIZE:
+  if (y.shape[0] // BLOCK_SIZE) * (y.shape[1] // BLOCK_SIZE) < 2:
     raise ValueError(
-      f"niqe: needs at least {BLOCK_SIZE}x{BLOCK_SIZE} pixels after cropping {crop_border} "
-      f"from each side, got {y.shape[0]}x{y.shape[1]} (image {image.shape[0]}x{image.shape[1]})"
+      f"niqe: needs two {BLOCK_SIZE}x{BLOCK_SIZE} blocks (192x96 or 96x192) after cropping "
+      f"{crop_border} from each side, got {y.shape[0]}x{y.shape[1]} (image "
+      f"{image.shape[0]}x{image.shape[1]})"
     )
   return _niqe_gray(y.round())  # rounded as MATLAB's uint8 input would be
