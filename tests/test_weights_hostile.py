@@ -634,3 +634,10 @@ def test_npz_faults_name_the_file(tmp_path):
   huge = write_zip(tmp_path / "huge.npz", [("w.npy", npy)])
   with pytest.raises(WeightsError, match=r"huge.npz: array 'w.npy' declares \(1000000000000,\)"):
     checkpoint.read_checkpoint(huge)
+
+
+def test_npz_member_that_inflates_to_1_gib_is_refused_unread(tmp_path):
+  bomb = ("w.npy", gib_of_zeros_deflated(), GIB_OF_ZEROS_CRC32, 2**30)
+  path = write_zip(tmp_path / "bomb.npz", [bomb])
+  with pytest.raises(WeightsError, match=r"bomb.npz: its arrays inflate to 1073741824 bytes"):
+    checkpoint.read_checkpoint(path)

@@ -220,9 +220,19 @@ def _read_safetensors(path: str) -> Checkpoint:
 
 def _read_npz(path: str) -> Checkpoint:
   """Reads an `.npz` (no pickled objects); every array's declared size is checked against the
-  bytes its zip member holds before it is read."""
+  bytes its zip member holds, and those against the file (`torch_pickle.MAX_INFLATION`), before
+  anything is read."""
+  file_size = os.path.getsize(path)
+  budget = torch_pickle.MAX_INFLATION * file_size + torch_pickle.INFLATION_SLACK
   try:
     with zipfile.ZipFile(path) as archive:
+      inflated = sum(info.file_size for info in archive.infolist())
+      if inflated > budget:
+        raise WeightsError(
+          f"{path}: its arrays inflate to {inflated} bytes, more than "
+          f"{torch_pickle.MAX_INFLATION}x the {file_size}-byte file; refused unread (a "
+          "decompression bomb?)"
+        )
       for info in archive.infolist():
         with archive.open(info) as member:
           version = np.lib.format.read_magic(member)
