@@ -337,7 +337,9 @@ def test_pickle_opcode_budget(tmp_path, monkeypatch):
     torch_pickle.load_torch_file(path)
 
 
-def test_legacy_storage_larger_than_the_file_is_refused_unread(tmp_path):
+def legacy_pth(numel_in_stream: int) -> bytes:
+  """A legacy-format (torch < 1.6) file of {"w": [1, 2, 3, 4]} whose storage header says
+  `numel_in_stream` elements."""
   pid = p_tuple(
     p_str("storage"), p_global("torch", "FloatStorage"), p_str("0"), p_str("cpu"), p_int(4), b"N"
   )
@@ -358,10 +360,14 @@ def test_legacy_storage_larger_than_the_file_is_refused_unread(tmp_path):
     )
   )
   keys = PROTO + b"]" + p_str("0") + b"a" + STOP
+  return head + keys + struct.pack("<q", numel_in_stream) + floats(1, 2, 3, 4)
+
+
+def test_legacy_storage_larger_than_the_file_is_refused_unread(tmp_path):
   path = tmp_path / "legacy.pth"
-  path.write_bytes(head + keys + struct.pack("<q", 2**40) + floats(1, 2, 3, 4))
+  path.write_bytes(legacy_pth(2**40))
   assert_refused(load_bounded(path, limit_mb=64), path, "declares 1099511627776 elements")
-  path.write_bytes(head + keys + struct.pack("<q", 4) + floats(1, 2, 3, 4))  # the same, intact
+  path.write_bytes(legacy_pth(4))  # the same, intact
   np.testing.assert_array_equal(torch_pickle.load_torch_file(path)["w"], [1, 2, 3, 4])
 
 
@@ -641,3 +647,40 @@ def test_npz_member_that_inflates_to_1_gib_is_refused_unread(tmp_path):
   path = write_zip(tmp_path / "bomb.npz", [bomb])
   with pytest.raises(WeightsError, match=r"bomb.npz: its arrays inflate to 1073741824 bytes"):
     checkpoint.read_checkpoint(path)
+
+
+def _intact_files(tmp_path) -> dict[str, pathlib.Path]:
+  legacy = tmp_path / "legacy.pth"
+  legacy.write_bytes(legacy_pth(4))
+  arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float16)}
+  npz = tmp_path / "w.npz"
+  np.savez_compressed(npz, **arrays)
+  header = {"w": _entry("F32", [2, 3], 0, 24), "b": _entry("F16", [2], 24, 28)}
+  data = arrays["w"].tobytes() + arrays["b"].tobytes()
+  return {
+    "zip": write_pth(tmp_path / "zip.pth", *legit_state_pickle()),
+    "legacy": legacy,
+    "safetensors": _safetensors(tmp_path / "w.safetensors", header, data),
+    "npz": npz,
+  }
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors", "npz"])
+def test_damaged_files_raise_one_line_weights_errors_only(tmp_path, kind):
+  """An intact file cut short or with one byte flipped, at many places: it loads, or it raises a
+  one-line WeightsError naming the file; never another exception type."""
+  intact_path = _intact_files(tmp_path)[kind]
+  checkpoint.read_checkpoint(intact_path)
+  intact = intact_path.read_bytes()
+  path = tmp_path / f"damaged{intact_path.suffix}"
+  failures = 0
+  for position in range(0, len(intact), max(1, len(intact) // 60)):
+    flipped = intact[:position] + bytes([intact[position] ^ 0x5A]) + intact[position + 1 :]
+    for damaged in (intact[:position], flipped):
+      path.write_bytes(damaged)
+      try:
+        checkpoint.read_checkpoint(path)
+      except WeightsError as err:
+        assert str(err).startswith(f"{path}: ") and "\n" not in str(err), str(err)
+        failures += 1
+  assert failures > 30

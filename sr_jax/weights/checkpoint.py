@@ -24,6 +24,7 @@ import pathlib
 import struct
 from typing import Any, Mapping
 import zipfile
+import zlib
 
 import ml_dtypes
 import numpy as np
@@ -249,10 +250,11 @@ def _read_npz(path: str) -> Checkpoint:
           )
     with np.load(path, allow_pickle=False) as data:
       return Checkpoint({k: data[k] for k in data.files}, "nnx", path)
-  except WeightsError:
+  except (WeightsError, FileNotFoundError, PermissionError):
     raise
-  except (ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise WeightsError(f"{path}: not a valid .npz of arrays: {e}") from e
+  except (ValueError, EOFError, OSError, zlib.error, zipfile.BadZipFile, NotImplementedError) as e:
+    detail = " ".join(str(e).split())[:300]
+    raise WeightsError(f"{path}: not a valid .npz of arrays: {type(e).__name__}: {detail}") from e
 
 
 def _read_ncnn(param_path: str) -> Checkpoint:

@@ -615,12 +615,12 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     if path in str(err):
       raise
     raise type(err)(f"{path}: {err}") from None
-  except OSError:
+  except (FileNotFoundError, PermissionError):
     raise
-  except Exception as err:  # a corrupt or foreign file: any unpickling error, said plainly
-    detail = str(err) or type(err).__name__
+  except Exception as err:  # a corrupt or foreign file (zipfile may fail a seek), said plainly
+    detail = " ".join(str(err).split())[:300]  # one line, for the command-line tools
     raise CheckpointFormatError(
-      f"{path}: cannot read as a torch checkpoint: {type(err).__name__}: {detail}"[:500]
+      f"{path}: cannot read as a torch checkpoint: {type(err).__name__}: {detail}"
     ) from err
 
 
