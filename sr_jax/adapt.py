@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from sr_jax import data, losses, optim, sharding, train_step
 from sr_jax.data import examples
@@ -143,6 +144,8 @@ def adapt(
       f"adapt.batch_size={batch_size} does not split over the {mesh.devices.size} devices"
     )
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  if not jax.tree.leaves(params):
+    raise ValueError(f"{type(model).__name__} has no trainable parameters to adapt")
   schedule, tx = create_optimizer(adapt_config)
   state = {
     "step": jnp.zeros((), jnp.int32),
@@ -152,7 +155,8 @@ def adapt(
   }
   if adapt_config.ema_decay:
     state["ema_params"] = jax.tree.map(jnp.copy, params)
-  state = sharding.place_state(state, mesh)
+  # Copies: the step donates its state, and `model`'s own arrays must survive it.
+  state = sharding.place_state(jax.tree.map(jnp.array, state), mesh)
   step_fn = jax.jit(
     train_step.make_train_step(
       graphdef, tx, schedule, float(adapt_config.ema_decay), losses.Loss(l1_weight=1.0), mesh
@@ -176,3 +180,35 @@ def adapt(
   adapted = nnx.merge(graphdef, *sharding.on_one_device((weights, state["model_state"])))
   adapted.eval()
   return adapted, history
+
+
+def adapt_to_files(
+  model: nnx.Module,
+  paths: Sequence[str],
+  adapt_config: ml_collections.ConfigDict,
+  log: Callable[[str], None] = print,
+) -> nnx.Module:
+  """`model` adapted to the images at `paths` (and nothing else), with a progress bar; one line
+  per unreadable file and a summary line go to `log`.
+
+  Raises:
+    ValueError: no readable image large enough for a pair, or a network without parameters.
+  """
+  images, unreadable = read_images(paths)
+  for path in unreadable:
+    log(f"note: {path}: unreadable, not used for adaptation")
+  steps = int(adapt_config.steps)
+  with tqdm.tqdm(total=steps, desc="adapt", unit="step", dynamic_ncols=True) as progress:
+
+    def on_step(step, row, state):
+      del step, state
+      progress.update(1)
+      progress.set_postfix(loss=f"{row['loss']:.4f}")
+
+    adapted, history = adapt(model, images, adapt_config, on_step=on_step)
+  first, last = (np.mean([row["loss"] for row in part]) for part in (history[:10], history[-10:]))
+  log(
+    f"adapted to {len(images)} image(s): {steps} steps in {history[-1]['seconds']:.1f} s, "
+    f"self-supervised L1 {first:.4f} -> {last:.4f} (mean of the first / last 10 steps)"
+  )
+  return adapted

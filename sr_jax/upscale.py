@@ -6,6 +6,9 @@
   python -m sr_jax.upscale --model=bicubic --scale=4 --input=... --output=...
   options: --tile=N (LR core side, 0 = whole image) --tile_overlap=M --batch_size=B --ext=png
       --overwrite
+      --adapt_steps=N [--adapt_per_image]: first adapt the network to the inputs themselves,
+      without HR (sr_jax.adapt: pairs = crops of the inputs and their bicubic downscale), once
+      to all of them together, or to each image alone; 0 (default) = the network as it is
 
 What is kept (see `sr_jax.data.read_image_full`):
   - EXIF orientation is applied; the output is written upright, without the orientation tag.
@@ -37,6 +40,7 @@ when any file failed, after all the others are written (a full disk stops the ru
 
 import argparse
 import errno
+import functools
 import os
 import pickle
 import sys
@@ -45,7 +49,8 @@ from typing import NamedTuple
 from flax import nnx
 import tqdm
 
-from sr_jax import data, inference, sharding, tiling
+from configs import default as default_config
+from sr_jax import adapt, data, inference, sharding, tiling
 
 
 class UsageError(ValueError):
@@ -93,6 +98,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     help="replace existing output files (default: keep them and skip their inputs); "
     "input files are never replaced",
   )
+  parser.add_argument(
+    "--adapt_steps",
+    type=int,
+    default=0,
+    help="self-supervised adaptation steps on the inputs themselves before upscaling "
+    "(no HR; settings: the adapt block of configs/default.py); 0 = none",
+  )
+  parser.add_argument(
+    "--adapt_per_image",
+    action="store_true",
+    help="with --adapt_steps: adapt to each image alone (default: once, to all together)",
+  )
   return parser.parse_args(argv)
 
 
@@ -106,6 +123,10 @@ def check_args(args: argparse.Namespace) -> None:
     raise UsageError(f"--tile_overlap={args.tile_overlap}: must be >= 0")
   if args.scale is not None and args.scale < 1:
     raise UsageError(f"--scale={args.scale}: must be at least 1")
+  if args.adapt_steps < 0:
+    raise UsageError(f"--adapt_steps={args.adapt_steps}: must be >= 0 (0 = no adaptation)")
+  if args.adapt_per_image and not args.adapt_steps:
+    raise UsageError("--adapt_per_image needs --adapt_steps=N with N > 0")
   if args.model is not None and args.scale is None:
     raise UsageError(f"--model={args.model} needs --scale")
   if args.workdir is not None:
@@ -272,6 +293,24 @@ def upscale_files(
   return failures
 
 
+def adapted_networks(model: nnx.Module, jobs: list, args: argparse.Namespace):
+  """(network, its jobs): `model` for all jobs, or (--adapt_steps) adapted to the inputs, all
+  together or one by one (--adapt_per_image). Reads the inputs only; an adaptation that cannot
+  run (no usable image) leaves the network as it is, in one line."""
+  if not args.adapt_steps:
+    yield model, jobs
+    return
+  recipe = default_config.get_config().adapt
+  recipe.steps = args.adapt_steps
+  log = functools.partial(tqdm.tqdm.write, file=sys.stderr)
+  for group in [[job] for job in jobs] if args.adapt_per_image else [jobs]:
+    try:
+      yield adapt.adapt_to_files(model, [source for source, _ in group], recipe, log), group
+    except ValueError as e:
+      log(f"note: not adapted: {e}")
+      yield model, group
+
+
 def main(argv: list[str] | None = None) -> int:
   try:
     args = parse_args(argv)
@@ -304,16 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     f"(tile {tile or 'off'}, overlap {overlap})",
     file=sys.stderr,
   )
-  failures = upscale_files(
-    tiling.make_tile_fn(model),
-    plan.jobs,
-    model.scale,
-    tile,
-    overlap,
-    tiling.input_multiple(model),
-    args.batch_size,
-    args.overwrite,
-  )
+  failures = 0
+  for network, jobs in adapted_networks(model, plan.jobs, args):
+    failures += upscale_files(
+      tiling.make_tile_fn(network),
+      jobs,
+      model.scale,
+      tile,
+      overlap,
+      tiling.input_multiple(model),
+      args.batch_size,
+      args.overwrite,
+    )
   if failures:
     print(
       f"error: {failures} of {len(plan.jobs)} image(s) failed (see above); the others were written",
