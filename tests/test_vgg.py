@@ -7,20 +7,10 @@ import pytest
 from sr_jax.backbones import create_backbone, detect_backbone, load_backbone_weights
 from sr_jax.backbones.vgg import layer_names
 from sr_jax.weights import registry
+from tests.test_backbones import TOL, _nhwc, _rel
 
-TOL = 1e-4  # relative max abs difference, float32
 # Real-ESRGAN's perceptual loss taps (BasicSR VGGFeatureExtractor, before the ReLU).
 PERCEPTUAL_LAYERS = ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4")
-
-
-def _rel(ours, ref) -> float:
-  ours, ref = np.asarray(ours), np.asarray(ref)
-  assert ours.shape == ref.shape, (ours.shape, ref.shape)
-  return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
-def _nhwc(tensor) -> np.ndarray:
-  return tensor.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def _randomize_biases(torch, model, seed):

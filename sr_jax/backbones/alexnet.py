@@ -11,7 +11,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from sr_jax.backbones.vgg import HEAD_KEYS, adaptive_avg_pool
+from sr_jax.backbones.vgg import HEAD_KEYS, classifier_head
 from sr_jax.conv import Conv
 from sr_jax.weights.porting import PortRules
 
@@ -96,14 +96,7 @@ class AlexNet(nnx.Module):
     return outputs
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = _max_pool(self.features(x)[-1])
-    if self.fc is None:
-      return jnp.mean(x, axis=(1, 2))
-    x = adaptive_avg_pool(x, (6, 6))
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch flattens C, H, W
-    for linear in self.pre_logits:
-      x = nnx.relu(linear(x))
-    return self.fc(x)
+    return classifier_head(_max_pool(self.features(x)[-1]), self.pre_logits, self.fc, (6, 6))
 
 
 def alexnet(*, num_classes: int = 1000, head: bool = True, rngs: nnx.Rngs) -> AlexNet:

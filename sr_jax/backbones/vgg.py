@@ -24,7 +24,16 @@ import numpy as np
 from sr_jax.conv import Conv
 from sr_jax.weights.porting import PortRules
 
-__all__ = ["VGG", "VGG16", "VGG19", "VGG_CONFIGS", "vgg", "adaptive_avg_pool", "layer_names"]
+__all__ = [
+  "VGG",
+  "VGG16",
+  "VGG19",
+  "VGG_CONFIGS",
+  "vgg",
+  "adaptive_avg_pool",
+  "classifier_head",
+  "layer_names",
+]
 
 STAGE_CHANNELS = (64, 128, 256, 512, 512)
 # Convolutions per stage (torchvision configs "D" and "E").
@@ -67,6 +76,19 @@ def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
   rows, cols = bins(x.shape[1], size[0]), bins(x.shape[2], size[1])
   return jnp.einsum("oh,nhwc,pw->nopc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+def classifier_head(x: jax.Array, pre_logits, fc, pool_size: tuple[int, int]) -> jax.Array:
+  """torchvision's VGG / AlexNet classifier on the last max-pool's output: adaptive average
+  pooling to `pool_size`, flatten in PyTorch's C, H, W order, two ReLU linears, `fc`. Without a
+  head (`fc` None): the globally average-pooled features."""
+  if fc is None:
+    return jnp.mean(x, axis=(1, 2))
+  x = adaptive_avg_pool(x, pool_size)
+  x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+  for linear in pre_logits:
+    x = nnx.relu(linear(x))
+  return fc(x)
 
 
 class VGG(nnx.Module):
@@ -148,13 +170,7 @@ class VGG(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.named_features(x, ("pool5",))["pool5"]
-    if self.fc is None:
-      return jnp.mean(x, axis=(1, 2))
-    x = adaptive_avg_pool(x, (7, 7))
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch flattens C, H, W
-    for linear in self.pre_logits:
-      x = nnx.relu(linear(x))
-    return self.fc(x)
+    return classifier_head(x, self.pre_logits, self.fc, (7, 7))
 
 
 def _port_rules(torchvision_names: dict[str, str]) -> PortRules:
