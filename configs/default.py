@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   # downscale, see sr_jax/adapt.py and configs/self_adapt_compact_x4.py).
   config.data.degradation = "bicubic"
   config.data.quantize_lr = True  # round bicubic LR to 8-bit levels, like the test sets' LR PNGs
+  # Unsharp-masked HR targets, as Real-ESRGAN's training (BasicSR USMSharp: weight 0.5, 51 px
+  # gaussian, threshold 10): the batch's "hr" is sharpened, "hr_unsharpened" keeps the original
+  # (the discriminator's real images); "realesrgan" degrades the sharpened HR, as the reference.
+  config.data.usm = False
   config.data.num_threads = 2  # threads preparing batches, in each process
   config.data.prefetch_buffer_size = 4  # batches prepared ahead
   config.data.worker_count = 0  # Grain worker processes (0 = in the training process)
@@ -107,6 +111,24 @@ def get_config() -> ml_collections.ConfigDict:
     {"name": "efficientnet_lite0", "weights": "efficientnet_lite0"}
   )
   config.loss.feature_layers = (0, 1, 2)  # backbone feature indices (strides 2, 4, 8, ...)
+  # VGG: BasicSR layer names instead, e.g. ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4").
+  config.loss.feature_layer_weights = ()  # one per feature layer, summed; () = their mean
+
+  # GAN fine-tuning as Real-ESRGAN (sr_jax/gan.py): gan.weight > 0 trains a discriminator beside
+  # the network, which gets loss.* plus gan.weight * its GAN loss. Real-ESRGAN: weight 0.1, vanilla.
+  config.gan = ml_collections.ConfigDict()
+  config.gan.weight = 0.0  # 0 = no GAN (the plain step)
+  config.gan.loss = "vanilla"  # vanilla (BCE) | lsgan | hinge, as BasicSR's GANLoss gan_type
+  # The discriminator's Adam: optim.* (schedule, betas, clipping) with this peak learning rate.
+  config.gan.learning_rate = 1e-4
+  config.gan.discriminator = ml_collections.ConfigDict(
+    {
+      "name": "unet_sn",  # Real-ESRGAN's UNetDiscriminatorSN
+      "num_feat": 64,
+      "skip_connection": True,
+      "weights": "",  # a BasicSR discriminator .pth (e.g. RealESRGAN_x4plus_netD.pth); "" = random
+    }
+  )
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # global, split over all devices of all hosts

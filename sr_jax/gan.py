@@ -1,0 +1,187 @@
+"""GAN training as Real-ESRGAN's (`RealESRGANModel.optimize_parameters`): one jitted,
+data-parallel step updating the network, then the discriminator.
+
+Per step, on a global batch (lr, hr[, hr_unsharpened]):
+  1. sr = G(lr); G's loss = loss.* (L1, perceptual) against hr + gan.weight * GAN loss of D(sr)
+     as "real"; G is updated as by the plain step (clipping, Adam(W), ZeRO-1 split, EMA).
+  2. D's loss = GAN loss of D(real) as real + of D(sr) as fake, sr from step 1 without its
+     gradient (G's output before its update, as the reference); D gets its own Adam. The real
+     images are the HR before unsharp masking when data.usm is on (Real-ESRGAN's gan_gt_usm=False).
+The discriminator is in training mode throughout, so each of its three calls runs one spectral-norm
+power iteration (as torch's train-mode forward). Its params, power-iteration vectors and optimizer
+state are `state["discriminator"]` (replicated; no EMA), checkpointed with the rest.
+
+GAN losses (BasicSR's GANLoss; the weight applies to G only):
+  vanilla: D: softplus(-real) + softplus(fake) (BCE with logits); G: softplus(-D(sr)).
+  lsgan:   D: (real - 1)^2 + fake^2;                              G: (D(sr) - 1)^2.
+  hinge:   D: relu(1 - real) + relu(1 + fake);                    G: -D(sr).
+Each term is the mean over pixels and batch.
+"""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sr_jax import losses, optim, sharding
+from sr_jax import train_step as train_step_lib
+from sr_jax.models import discriminator as discriminator_lib
+from sr_jax.train_state import discriminator_optimizer
+
+GAN_LOSSES = ("vanilla", "lsgan", "hinge")
+# Keys of the batch: the target of the pixel and perceptual losses, and D's real images if the
+# target was unsharp-masked (data.usm).
+UNSHARPENED_HR = "hr_unsharpened"
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  if config.gan.loss not in GAN_LOSSES:
+    raise ValueError(f"config gan.loss={config.gan.loss!r}; expected one of {GAN_LOSSES}")
+
+
+def generator_gan_loss(kind: str, fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """G's GAN loss on D's logits for its output (unweighted)."""
+  if kind == "vanilla":
+    return jnp.mean(jax.nn.softplus(-fake_logits))
+  if kind == "lsgan":
+    return jnp.mean((fake_logits - 1.0) ** 2)
+  if kind == "hinge":
+    return -jnp.mean(fake_logits)
+  raise ValueError(f"config gan.loss={kind!r}; expected one of {GAN_LOSSES}")
+
+
+def discriminator_gan_loss(
+  kind: str, real_logits: jnp.ndarray, fake_logits: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """D's (real, fake) GAN losses; D minimises their sum."""
+  if kind == "vanilla":
+    return jnp.mean(jax.nn.softplus(-real_logits)), jnp.mean(jax.nn.softplus(fake_logits))
+  if kind == "lsgan":
+    return jnp.mean((real_logits - 1.0) ** 2), jnp.mean(fake_logits**2)
+  if kind == "hinge":
+    return jnp.mean(jax.nn.relu(1.0 - real_logits)), jnp.mean(jax.nn.relu(1.0 + fake_logits))
+  raise ValueError(f"config gan.loss={kind!r}; expected one of {GAN_LOSSES}")
+
+
+def _split_update(params, grads, opt_state, tx, mesh):
+  """(new params, new optimizer state); with `mesh`, ZeRO-1 as the plain step: each device
+  updates its slice (`sharding.split_shardings`), the new params are left split."""
+  if mesh is not None:
+    split = sharding.split_shardings(params, mesh)
+    grads = jax.lax.with_sharding_constraint(grads, split)
+    params = jax.lax.with_sharding_constraint(params, split)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def make_gan_train_step(
+  graphdef: nnx.GraphDef,
+  discriminator_graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  discriminator_tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  ema_decay: float,
+  loss: losses.Loss,
+  gan_loss: str,
+  gan_weight: float,
+  mesh: jax.sharding.Mesh | None = None,
+) -> train_step_lib.StepFn:
+  """One G update then one D update on a global batch (see the module docstring); the state of
+  the plain step plus `state["discriminator"]` = {params, model_state, opt_state}."""
+
+  def train_step(state, batch):
+    hr = batch["hr"]
+    real = batch[UNSHARPENED_HR] if UNSHARPENED_HR in batch else hr
+    d = state["discriminator"]
+
+    def generator_loss_fn(params, model_state):
+      model = nnx.merge(graphdef, params, model_state, copy=True)
+      sr = model(batch["lr"])
+      total, parts = loss(sr, hr, state.get("loss_state"))
+      disc = nnx.merge(
+        discriminator_graphdef, jax.lax.stop_gradient(d["params"]), d["model_state"], copy=True
+      )
+      parts["gan"] = generator_gan_loss(gan_loss, disc(sr))
+      total = total + gan_weight * parts["gan"]
+      new_model_state = nnx.state(model, nnx.Not(nnx.Param))
+      return total, (parts, sr, new_model_state, nnx.state(disc, nnx.Not(nnx.Param)))
+
+    (total, (parts, sr, model_state, d_model_state)), grads = jax.value_and_grad(
+      generator_loss_fn, has_aux=True
+    )(state["params"], state["model_state"])
+    params, opt_state = _split_update(state["params"], grads, state["opt_state"], tx, mesh)
+    new_state = dict(state, step=state["step"] + 1, model_state=model_state, opt_state=opt_state)
+    if "ema_params" in state:
+      decay = train_step_lib.ema_decay_at(state["step"].astype(jnp.float32), ema_decay)
+      new_state["ema_params"] = jax.tree.map(
+        lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params
+      )
+    if mesh is not None:  # All-gathered: the next forward needs the whole params on every device.
+      params = jax.lax.with_sharding_constraint(
+        params, jax.tree.map(lambda _: sharding.replicated(mesh), params)
+      )
+    new_state["params"] = params
+
+    fake = jax.lax.stop_gradient(sr)  # G's output before its update, as the reference
+
+    def discriminator_loss_fn(d_params):
+      disc = nnx.merge(discriminator_graphdef, d_params, d_model_state, copy=True)
+      real_logits = disc(real)
+      fake_logits = disc(fake)
+      loss_real, loss_fake = discriminator_gan_loss(gan_loss, real_logits, fake_logits)
+      aux = (loss_real, loss_fake, jnp.mean(real_logits), jnp.mean(fake_logits))
+      return loss_real + loss_fake, (aux, nnx.state(disc, nnx.Not(nnx.Param)))
+
+    (_, (d_aux, d_model_state)), d_grads = jax.value_and_grad(discriminator_loss_fn, has_aux=True)(
+      d["params"]
+    )
+    d_params, d_opt_state = _split_update(
+      d["params"], d_grads, d["opt_state"], discriminator_tx, None
+    )
+    new_state["discriminator"] = {
+      "params": d_params,
+      "model_state": d_model_state,
+      "opt_state": d_opt_state,
+    }
+    loss_real, loss_fake, out_real, out_fake = d_aux
+    grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+    step_metrics = {
+      "loss": total,
+      **{f"loss_{k}": v for k, v in parts.items()},
+      "grad_norm": grad_norm,
+      "learning_rate": schedule(state["step"]),
+      "d_loss_real": loss_real,
+      "d_loss_fake": loss_fake,
+      "d_out_real": out_real,  # D's mean logits on real and generated images
+      "d_out_fake": out_fake,
+    }
+    return new_state, step_metrics
+
+  return train_step
+
+
+def make_step_fn(
+  config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None = None
+) -> train_step_lib.StepFn:
+  """The (unjitted) GAN step of `config` (gan.weight > 0) for the network `graphdef`; the
+  discriminator and the loss's backbone are built abstractly (their weights are in the state)."""
+  check_config(config)
+  schedule, tx = optim.from_config(config)
+  _, discriminator_tx = discriminator_optimizer(config)
+  loss, _ = losses.create_loss(config.loss, load_weights=False)
+  discriminator_graphdef = nnx.graphdef(
+    discriminator_lib.abstract_discriminator(config.gan.discriminator)
+  )
+  return make_gan_train_step(
+    graphdef,
+    discriminator_graphdef,
+    tx,
+    discriminator_tx,
+    schedule,
+    config.train.ema_decay,
+    loss,
+    config.gan.loss,
+    float(config.gan.weight),
+    mesh,
+  )
