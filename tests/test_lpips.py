@@ -59,11 +59,9 @@ def test_lpips_matches_lpips_package(net, shape, tmp_path):
 def test_lpips_heads_from_wheel_and_torchvision_backbone(tmp_path):
   """The route for real use: heads from the lpips wheel, backbone from a torchvision file."""
   torch, model = _lpips_reference("alex")
-  torchvision = pytest.importorskip("torchvision")
-  backbone = torchvision.models.alexnet(num_classes=3)
-  slices = {key.split(".", 1)[1]: value for key, value in model.net.state_dict().items()}
-  backbone.features.load_state_dict(slices)  # lpips slices keep torchvision's feature indices
-  torch.save(backbone.state_dict(), tmp_path / "alexnet.pth")
+  # lpips' slices keep torchvision's indices: net.slice2.3.weight is alexnet's features.3.weight.
+  features = {f"features.{key.split('.', 1)[1]}": v for key, v in model.net.state_dict().items()}
+  torch.save(features, tmp_path / "alexnet.pth")  # a torchvision alexnet file, classifier aside
   x, y = _pair((1, 40, 33, 3), seed=1)
   d = np.asarray(LPIPS(net="alex", backbone=tmp_path / "alexnet.pth")(x, y))  # heads: "lpips:alex"
   np.testing.assert_allclose(d, _reference_distance(torch, model, x, y), atol=TOL, rtol=0)
