@@ -157,7 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.bucket = 16
   config.eval.checkpoint = "latest"  # for --mode=eval: latest | best | STEP
   # Metrics per eval set, each beside bicubic's: psnr_y (required: picks the best checkpoint),
-  # ssim_y, niqe (no reference, BasicSR's; ~0.1 s per 256x256 image), lpips (eval.lpips below).
+  # ssim_y, niqe (no reference, BasicSR's; ~0.3 s per 512x512 image), lpips (eval.lpips below).
   config.eval.metrics = ("psnr_y", "ssim_y")
   config.eval.lpips = ml_collections.ConfigDict()
   config.eval.lpips.net = "alex"  # alex | vgg (VGG-16)
