@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from sr_jax.weights import WeightsError, checkpoint, merge, ncnn, torch_pickle
+from sr_jax.weights import WeightsError, checkpoint, merge, ncnn, porting, torch_pickle
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -705,3 +705,14 @@ def test_damaged_ncnn_param_raises_one_line_weights_errors_only(tmp_path):
         assert str(err).startswith(f"{path}") and "\n" not in str(err), str(err)
         failures += 1
   assert failures > 60
+
+
+def test_a_scalar_weight_is_reported_by_the_strict_load_not_a_transpose_error():
+  ported = porting.torch_to_nnx({"fc.weight": np.float32(1.0), "fc.bias": np.zeros(3, "f4")})
+  net = nnx.Module()
+  net.fc = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  with pytest.raises(
+    merge.StateMismatchError, match=r"fc\.kernel: module \(2, 3\), checkpoint \(\)"
+  ):
+    merge.load_state(net, ported, source="w.pth")
+  assert porting.torch_to_nnx({"alpha": np.float32(2.0)})["alpha"].shape == ()  # stays a scalar

@@ -31,6 +31,8 @@ _ALWAYS_DROPPED = ("num_batches_tracked",)  # a BatchNorm step counter, not a we
 
 def as_kernel(array: np.ndarray) -> tuple[str, np.ndarray]:
   """Linear `[out, in] -> [in, out]`; ConvNd `[out, in/groups, *k] -> [*k, in/groups, out]`."""
+  if array.ndim < 2:  # no kernel (a damaged file): kept, so the strict load reports its shape
+    return "kernel", array
   if array.ndim == 2:
     return "kernel", array.T
   return "kernel", np.transpose(array, (*range(2, array.ndim), 1, 0))
@@ -95,5 +97,6 @@ def torch_to_nnx(
     name, array = rules.leaf(key, name, np.asarray(array))
     if rules.rename is not None and module_path:
       module_path = rules.rename(module_path)
-    out[f"{module_path}.{name}" if module_path else name] = np.ascontiguousarray(array)
+    # asarray(order="C"), not ascontiguousarray: that makes a 0-d scalar 1-d.
+    out[f"{module_path}.{name}" if module_path else name] = np.asarray(array, order="C")
   return out
