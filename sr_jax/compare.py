@@ -1,4 +1,6 @@
-"""Comparison figures: bicubic | each model | HR, zoomed crops, full-image PSNR-Y in the captions.
+"""Comparison figures: bicubic | each model | HR, zoomed crops, full-image PSNR-Y and NIQE in the
+captions (NIQE, no-reference, lower = more natural: what a GAN fine-tune improves and PSNR does
+not show; "-" on images too small for it, under 2 blocks of 96x96 after the border).
 
   python -m sr_jax.compare --hr=FILE_OR_DIR --output=DIR \
       [--workdir=[LABEL=]W ...] [--weights=[LABEL=]PATH_OR_NAME ...] [--scale=S] \
@@ -7,14 +9,20 @@
 Each HR image is mod-cropped to the scale and downscaled with MATLAB bicubic (as in evaluation);
 every model upscales that LR image (tiled, see `sr_jax.tiling`), and DIR/<image name>.png shows the
 HR overview with the crop marked and the crops side by side. The crop is where bicubic's error is
-largest unless --crop gives one (HR pixels). Prints the PSNR-Y of every panel.
+largest unless --crop gives one (HR pixels). Prints the PSNR-Y and NIQE of every panel.
+
+E.g. the GAN recipe (configs/finetune_realesrgan_compact_x4_gan.py) against its PSNR stage:
+  python -m sr_jax.compare --hr=~/.cache/sr_jax/embedded_photos/val --output=figures \
+      --workdir="L1=runs/psnr" --workdir="GAN=runs/gan"
 """
 
 import argparse
 import os
 import sys
 
-from sr_jax import data, evaluate, inference, sharding, tiling
+import numpy as np
+
+from sr_jax import data, evaluate, figures, inference, metrics, sharding, tiling
 
 
 def split_label(spec: str) -> tuple[str | None, str]:
@@ -49,6 +57,40 @@ def load_models(
     model, description = inference.load_model(weights=path)
     loaded.append((label or description, model))
   return loaded
+
+
+def niqe_or_none(image: np.ndarray, scale: int) -> float | None:
+  """NIQE with the scale as border (BasicSR), None where the image is too small or flat for it."""
+  try:
+    return metrics.niqe(metrics.to_uint8(image), scale)
+  except ValueError:
+    return None
+
+
+def comparison(
+  image: data.EvalImage,
+  predictors: list[tuple[str, object]],
+  scale: int,
+  crop: tuple[int, int, int] | None,
+) -> tuple[object, dict[str, dict[str, float | None]]]:
+  """The figure of one image (bicubic | each predictor | HR) and {label: {psnr_y, niqe}} of every
+  panel, both full-image with the scale as border."""
+  panels = [("bicubic", data.bicubic_baseline(image.lr, scale))]
+  panels += [(label, np.clip(predict(image.lr), 0.0, 1.0)) for label, predict in predictors]
+  scores = {
+    label: {"psnr_y": metrics.psnr_y(sr, image.hr, scale), "niqe": niqe_or_none(sr, scale)}
+    for label, sr in panels
+  }
+  hr_niqe = niqe_or_none(image.hr, scale)
+
+  def with_niqe(label: str, value: float | None) -> str:
+    return label if value is None else f"{label} NIQE {value:.2f}"
+
+  # zoom_comparison_figure appends each panel's PSNR-Y: "<label> NIQE n.nn <psnr> dB".
+  captioned = [(with_niqe(label, scores[label]["niqe"]), sr) for label, sr in panels]
+  title = f"{image.name} x{scale}" + ("" if hr_niqe is None else f", HR NIQE {hr_niqe:.2f}")
+  figure = figures.zoom_comparison_figure(captioned, image.hr, scale, crop, title=title)
+  return figure, scores
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,13 +157,20 @@ def main(argv: list[str] | None = None) -> int:
   os.makedirs(args.output, exist_ok=True)
   for image in images:
     try:
-      figure, psnrs = evaluate.comparison(image, predictors, scale, crop)
+      figure, scores = comparison(image, predictors, scale, crop)
     except ValueError as e:  # e.g. a --crop outside this image
       print(f"error: {image.name}: {e}", file=sys.stderr)
       return 2
     path = os.path.join(args.output, image.name.replace(os.sep, "__") + ".png")
     figure.save(path)
-    print(f"{path}: " + ", ".join(f"{label} {psnr:.2f} dB" for label, psnr in psnrs.items()))
+    print(
+      f"{path}: "
+      + ", ".join(
+        f"{label} {score['psnr_y']:.2f} dB NIQE "
+        + ("-" if score["niqe"] is None else f"{score['niqe']:.2f}")
+        for label, score in scores.items()
+      )
+    )
   return 0
 
 

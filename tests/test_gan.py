@@ -207,3 +207,60 @@ def test_second_stage_starts_from_a_workdir(tmp_path):
   with pytest.raises(ValueError, match="model.num_feat: 8 there, 16 here"):
     train_state.create_train_state(other, _optimizer(other))
   shutil.rmtree(stage1)
+
+
+def torch_usm_sharp(img_hwc: np.ndarray) -> np.ndarray:
+  """BasicSR 1.4.2 `USMSharp()(img)` (basicsr/utils/img_process_util.py) with its filter2D;
+  cv2.getGaussianKernel(51, 0) written out (OpenCV's formula: sigma = 0.3 * (24 - 1) + 0.8)."""
+  torch = pytest.importorskip("torch", reason="parity extras not installed: make parity-deps")
+  f = torch.nn.functional
+  radius, sigma = 51, 0.3 * ((51 - 1) * 0.5 - 1) + 0.8
+  x = np.arange(radius) - (radius - 1) / 2
+  k1 = np.exp(-(x**2) / (2 * sigma**2))
+  k1 = (k1 / k1.sum())[:, None]
+  kernel = torch.FloatTensor(np.dot(k1, k1.transpose())).unsqueeze_(0)
+
+  def filter2d(img, kernel):
+    k = kernel.size(-1)
+    b, c, h, w = img.size()
+    img = f.pad(img, (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+    ph, pw = img.size()[-2:]
+    img = img.view(b * c, 1, ph, pw)
+    return f.conv2d(img, kernel.view(1, 1, k, k), padding=0).view(b, c, h, w)
+
+  img = torch.from_numpy(img_hwc.transpose(2, 0, 1)[None].copy())
+  blur = filter2d(img, kernel)
+  residual = img - blur
+  mask = (torch.abs(residual) * 255 > 10).float()
+  soft_mask = filter2d(mask, kernel)
+  sharp = torch.clip(img + 0.5 * residual, 0, 1)
+  out = soft_mask * sharp + (1 - soft_mask) * img
+  return out[0].numpy().transpose(1, 2, 0)
+
+
+def test_usm_sharpen_matches_basicsr():
+  import skimage.data
+
+  from sr_jax.data import degradations
+
+  hr = skimage.data.astronaut()[100:196, 180:276].astype(np.float32) / 255  # 96x96, edges
+  got = degradations.usm_sharpen(hr)
+  expected = torch_usm_sharp(hr)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  assert np.abs(got - hr).max() > 0.05  # it does sharpen
+  flat = np.full((32, 32, 3), 0.5, np.float32)
+  np.testing.assert_allclose(degradations.usm_sharpen(flat), flat, atol=1e-6)
+
+
+def test_pipeline_usm_targets():
+  """data.usm: "hr" is the sharpened original "hr_unsharpened" (same crop and flip), and the
+  bicubic LR is made from the original."""
+  from sr_jax import data
+  from sr_jax.data import degradations, examples
+
+  config = tiny_config(**{"data.usm": True, "data.patch_size": 16})
+  batch = next(data.create_train_iterator(config.data, seed=0, local_batch_size=2))
+  assert set(batch) == {"lr", "hr", "hr_unsharpened"}
+  for hr, plain, lr in zip(batch["hr"], batch["hr_unsharpened"], batch["lr"]):
+    np.testing.assert_allclose(hr, degradations.usm_sharpen(plain), atol=1e-5)
+    np.testing.assert_allclose(lr, examples.make_lr(plain, 2), atol=1e-6)

@@ -21,7 +21,8 @@ Where this differs from the reference (PyTorch, on GPU):
     and bicubic with a = -0.75, half-pixel centres, no antialiasing, edge clamping) but map
     coordinates by the output / input size ratio rather than the requested scale factor.
   - It degrades the training patch itself (reflect-padded at its borders) rather than a 400 px
-    crop later cut down to the patch; no unsharp masking of the HR target.
+    crop later cut down to the patch; likewise `usm_sharpen` (data.usm) sharpens the patch, not
+    the 400 px crop, so its 51 px blur sees reflected content within 25 px of the patch border.
 """
 
 import functools
@@ -177,6 +178,29 @@ def filter2d(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
   flipped = kernel[::-1, ::-1, None]  # convolution with the flipped kernel = correlation
   return signal.fftconvolve(padded, flipped, mode="valid", axes=(0, 1)).astype(np.float32)
+
+
+# --- Unsharp masking of the HR target ------------------------------------------------------------
+
+USM_RADIUS = 51  # BasicSR USMSharp(radius=50): made odd
+# cv2.getGaussianKernel(ksize, sigma=0)'s sigma: 0.3 * ((ksize - 1) / 2 - 1) + 0.8 = 8 for 51.
+USM_SIGMA = 0.3 * ((USM_RADIUS - 1) * 0.5 - 1) + 0.8
+
+
+def usm_sharpen(img: np.ndarray, weight: float = 0.5, threshold: float = 10.0) -> np.ndarray:
+  """BasicSR's `USMSharp()(img)`, the sharpened HR target of Real-ESRGAN's training, on an
+  [h, w, c] float image in [0, 1].
+
+  sharp = clip(img + weight * (img - blur), 0, 1), blended in where the residual exceeds
+  `threshold` (8-bit levels), through a blurred mask: soft * sharp + (1 - soft) * img; blur =
+  51 px gaussian (sigma 8), reflect-padded.
+  """
+  kernel = gaussian_kernel(USM_RADIUS, USM_SIGMA, USM_SIGMA, 0.0)
+  residual = img - filter2d(img, kernel)
+  mask = (np.abs(residual) * 255 > threshold).astype(np.float32)
+  soft_mask = filter2d(mask, kernel)
+  sharp = np.clip(img + weight * residual, 0, 1)
+  return (soft_mask * sharp + (1 - soft_mask) * img).astype(np.float32)
 
 
 # --- Resizing as torch.nn.functional.interpolate -------------------------------------------------

@@ -88,6 +88,7 @@ def make_example(
   quantize_lr: bool,
   degradation: str,
   realesrgan: Mapping[str, Any] | None,
+  usm: bool = False,
 ) -> dict[str, np.ndarray]:
   """One training pair: random crop, its LR, augmentation.
 
@@ -103,6 +104,9 @@ def make_example(
       low-resolution image: the same as "bicubic", the crop being the target).
     realesrgan: options of the Real-ESRGAN degradation (`config.data.realesrgan`); only read
       for degradation "realesrgan".
+    usm: unsharp-mask the HR target (`degradations.usm_sharpen`, Real-ESRGAN's gt_usm); the
+      original is kept as "hr_unsharpened". "realesrgan" degrades the sharpened HR, as
+      Real-ESRGAN's synthesis does; bicubic and paired LR come from the HR as it is.
 
   Returns:
     {"lr": float32 [p, p, 3], "hr": float32 [p * scale, p * scale, 3]}, both in [0, 1].
@@ -113,9 +117,16 @@ def make_example(
   else:
     hr = to_float(random_crop(image, patch_size * scale, rng))
     if degradation == "realesrgan":
-      lr = degradations.realesrgan_degrade(hr, scale, rng, realesrgan)
+      source = degradations.usm_sharpen(hr) if usm else hr
+      lr = degradations.realesrgan_degrade(source, scale, rng, realesrgan)
     else:
       lr = make_lr(hr, scale, quantize_lr)
-  if augment:
-    lr, hr = augment_pair(lr, hr, rng)
-  return {"lr": lr, "hr": hr}
+  if not usm:
+    if augment:
+      lr, hr = augment_pair(lr, hr, rng)
+    return {"lr": lr, "hr": hr}
+  sharpened = source if degradation == "realesrgan" else degradations.usm_sharpen(hr)
+  if augment:  # the same flip for both HR versions: stacked along the channels
+    lr, both = augment_pair(lr, np.concatenate([sharpened, hr], axis=-1), rng)
+    sharpened, hr = np.ascontiguousarray(both[..., :3]), np.ascontiguousarray(both[..., 3:])
+  return {"lr": lr, "hr": sharpened, "hr_unsharpened": hr}

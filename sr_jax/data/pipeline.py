@@ -11,6 +11,9 @@ The per-example randomness comes from Grain's `random_map`, i.e. from (seed, pro
 the batches do not depend on threads or workers, and the iterator state is just a position. The
 same images give the same batches from a folder and from its TFDS copy (`sr_jax.data.prepare`).
 
+With `data.usm`, "hr" is the unsharp-masked HR (Real-ESRGAN's target, `degradations.usm_sharpen`)
+and "hr_unsharpened" the original (the GAN discriminator's real images).
+
 LR images are clipped to [0, 1] and, with `data.quantize_lr`, rounded to 8-bit levels, as in the
 standard test sets whose LR inputs are MATLAB-resized PNGs.
 
@@ -119,6 +122,7 @@ def create_train_dataset(
       quantize_lr=bool(data_config.quantize_lr),
       degradation=degradation,
       realesrgan=realesrgan,
+      usm=bool(data_config.usm),
     ),
     seed=crop_seed,
   )
