@@ -131,7 +131,13 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 16  # global, split over all devices of all hosts
+  config.train.batch_size = 16  # global (one update), split over all devices of all hosts
+  # > 1: the batch runs as this many micro-batches one after the other, one update with their
+  # mean gradient (the activation memory of one micro-batch); batch_size % (k * devices) == 0.
+  config.train.grad_accum_steps = 1
+  # "float32" | "bfloat16": what the network computes in. Weights, gradients, optimizer state, EMA,
+  # loss and metrics stay float32 (sr_jax/models/precision.py).
+  config.train.compute_dtype = "float32"
   config.train.steps = 300_000
   config.train.freeze_encoder_steps = 0  # a pretrained encoder stays frozen for this many steps
   config.train.eval_at_start = False  # also evaluate before the first step (pretrained models)

@@ -10,19 +10,27 @@ from typing import Any
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from sr_jax import checkpointing, models, utils, workdirs
+from sr_jax.models import precision
 
 
-def forward(graphdef: nnx.GraphDef, state: Any, lr: jax.Array) -> jax.Array:
+def forward(graphdef: nnx.GraphDef, state: Any, lr: jax.Array, dtype=None) -> jax.Array:
   """The network's SR output for an NHWC LR batch, in inference mode (BatchNorm on its running
-  statistics, whatever training used). Jit it; `state` is `nnx.split(model)[1]` or
-  `(params, model_state)`."""
+  statistics, whatever training used), as float32. Jit it (`dtype` static); `state` is
+  `nnx.split(model)[1]` or `(params, model_state)`.
+
+  dtype: what the network computes in, "float32" | "bfloat16" (`sr_jax.models.precision`); the
+  weights are used as stored (float32). None: as the network was set (`load_model(dtype=...)`).
+  """
   states = state if isinstance(state, tuple) else (state,)
   model = nnx.merge(graphdef, *states)
   model.eval()
-  return model(lr)
+  if dtype is not None:
+    precision.set_compute_dtype(model, dtype)
+  return model(lr).astype(jnp.float32)
 
 
 def inference_weights_key(config: ml_collections.ConfigDict) -> str:
@@ -60,6 +68,7 @@ def load_model(
   model_name: str | None = None,
   scale: int | None = None,
   checkpoint: str = "latest",
+  dtype: str = "float32",
 ) -> tuple[nnx.Module, str]:
   """The SR network named by exactly one of `workdir`, `weights` or `model_name`.
 
@@ -70,6 +79,7 @@ def load_model(
       `scale`.
     scale: required with `model_name`; otherwise, if given, must match the network.
     checkpoint: "latest", "best" or a step number (with `workdir`).
+    dtype: what the network computes in, "float32" | "bfloat16" (weights stay float32).
 
   Returns:
     (nnx.Module with `.scale`, a short description for logs and captions).
@@ -101,4 +111,4 @@ def load_model(
     description = model_name
   if scale is not None and model.scale != scale:
     raise ValueError(f"the network is x{model.scale}, but --scale={scale}")
-  return model, description
+  return precision.set_compute_dtype(model, dtype), description

@@ -5,7 +5,7 @@
   python -m sr_jax.upscale --weights=PATH_OR_NAME --input=... --output=...  (load_pretrained_sr)
   python -m sr_jax.upscale --model=bicubic --scale=4 --input=... --output=...
   options: --tile=N (LR core side, 0 = whole image) --tile_overlap=M --batch_size=B --ext=png
-      --overwrite
+      --overwrite --dtype=float32|bfloat16 (what the network computes in)
       --adapt_steps=N [--adapt_per_image]: first adapt the network to the inputs themselves,
       without HR (sr_jax.adapt: pairs = crops of the inputs and their bicubic downscale), once
       to all of them together, or to each image alone; 0 (default) = the network as it is
@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     help="LR context pixels per side; default: the network's (tiling.default_overlap)",
   )
   parser.add_argument("--batch_size", type=int, default=1, help="tiles per network call")
+  parser.add_argument(
+    "--dtype",
+    choices=("float32", "bfloat16"),
+    default="float32",
+    help="what the network computes in (bfloat16: mixed precision, weights stay float32)",
+  )
   parser.add_argument(
     "--overwrite",
     action="store_true",
@@ -237,7 +243,9 @@ def _identity(path: str) -> tuple[int, int]:
 def load_network(args: argparse.Namespace) -> tuple[nnx.Module, str]:
   """The network the arguments name (`inference.load_model`), bad files as UsageError."""
   try:
-    return inference.load_model(args.workdir, args.weights, args.model, args.scale, args.checkpoint)
+    return inference.load_model(
+      args.workdir, args.weights, args.model, args.scale, args.checkpoint, args.dtype
+    )
   except (OSError, ValueError, pickle.UnpicklingError) as e:
     raise UsageError(str(e)) from e
 

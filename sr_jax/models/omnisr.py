@@ -65,6 +65,7 @@ class LayerNorm(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
 
   def __call__(self, x):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 under bf16
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     return (x - mean) / jnp.sqrt(var + self.eps) * self.scale[...] + self.bias[...]
@@ -391,7 +392,7 @@ class OmniSR(nnx.Module):
     out = self.output(out) + residual
     for layer in self.up:
       out = layer(out)
-    return out[:, : h * self.scale, : w * self.scale]
+    return out[:, : h * self.scale, : w * self.scale].astype(lr.dtype)
 
 
 def _scale_and_out_channels(out_channels: int, in_channels: int) -> tuple[int, int]:

@@ -70,6 +70,7 @@ class ChannelLayerNorm(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
 
   def __call__(self, x):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 under bf16
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     return (x - mean) / jnp.sqrt(var + self.eps) * self.scale[...] + self.bias[...]
@@ -86,6 +87,7 @@ class GroupNorm(nnx.Module):
 
   def __call__(self, x):
     n, h, w, c = x.shape
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 under bf16
     g = x.reshape(n, h, w, self.groups, c // self.groups)
     mean = g.mean((1, 2, 4), keepdims=True)
     var = jnp.square(g - mean).mean((1, 2, 4), keepdims=True)

@@ -29,6 +29,7 @@ from sr_jax.models import (
   hat,
   omnisr,
   plksr,
+  precision,
   rcan,
   realcugan,
   realesrgan,
@@ -213,6 +214,7 @@ def load_pretrained_sr(
   *,
   arch: str | None = None,
   rngs: nnx.Rngs | None = None,
+  dtype: str = "float32",
   **arch_kwargs,
 ) -> nnx.Module:
   """Loads a pretrained SR network.
@@ -225,6 +227,8 @@ def load_pretrained_sr(
       "RealESRGAN_x4plus_anime_6B", "realesr-animevideov3", "realesr-general-x4v3" (downloaded).
     arch: "rrdbnet" or "srvgg_compact" to insist on an architecture; default: read from the file.
     rngs: initialises whatever the file does not provide (nothing, for a file that loads).
+    dtype: what the network computes in: "float32" or "bfloat16" (mixed precision: the weights
+      stay float32, the output is float32; `sr_jax.models.precision`).
     **arch_kwargs: hyperparameters to insist on (e.g. `num_block=23`, `scale=4`). For a PyTorch
       file, the network is built with them and loaded strictly, so a mismatch lists every bad key;
       for a file that states its architecture (ncnn, sr_jax), a mismatch is a ValueError.
@@ -267,7 +271,7 @@ def load_pretrained_sr(
     raise WeightsError(f"{sr_file.source}: cannot build {build_arch}({build_kwargs}): {e}") from e
   merge.load_state(net, sr_file.arrays(build_arch), strict=True, source=sr_file.source)
   merge.init_abstract(net, rngs if rngs is not None else nnx.Rngs(0))
-  return net
+  return precision.set_compute_dtype(net, dtype)
 
 
 def sr_arrays(

@@ -217,7 +217,7 @@ class RCAN(nnx.Module):
     x = _run(self.tail, _run(self.body, x) + x)
     if self.norm:
       x = self.add_mean(x)
-    return (x / self.rgb_range)[:, : h * self.scale, : w * self.scale]
+    return (x / self.rgb_range)[:, : h * self.scale, : w * self.scale].astype(lr.dtype)
 
 
 # --- detection from PyTorch state dicts (spandrel's) -------------------------------------------

@@ -11,6 +11,7 @@ the U-Nets' margins, every crop, and the final crop back to `scale` x the input 
 import math
 
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
@@ -64,6 +65,7 @@ class ConvTranspose(nnx.Module):
 
   def __init__(self, in_features, out_features, kernel_size, stride, padding, rngs: nnx.Rngs):
     self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+    self.dtype = None  # compute dtype, as Flax layers' (None: that of the input and weights)
     init = nnx.initializers.lecun_normal()
     shape = (kernel_size, kernel_size, in_features, out_features)
     self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
@@ -72,7 +74,7 @@ class ConvTranspose(nnx.Module):
   def __call__(self, x):
     k, s, p = self.kernel_size, self.stride, self.padding
     taps = math.ceil(k / s)
-    kernel = self.kernel[...]
+    x, kernel, bias = promote_dtype((x, self.kernel[...], self.bias[...]), dtype=self.dtype)
     _, _, cin, cout = kernel.shape
     # Tap t = q * s + r of the transposed conv feeds phase r; per phase, a correlation with the
     # taps q flipped over the input padded by taps - 1 ("full").
@@ -84,7 +86,7 @@ class ConvTranspose(nnx.Module):
     y = pixel_shuffle(y, s)  # channel o * s * s + r_h * s + r_w -> offset (r_h, r_w)
     _, h, w, _ = x.shape
     out_h, out_w = (h - 1) * s + k - 2 * p, (w - 1) * s + k - 2 * p
-    return y[:, p : p + out_h, p : p + out_w] + self.bias[...]
+    return y[:, p : p + out_h, p : p + out_w] + bias
 
 
 class SEBlock(nnx.Module):
@@ -227,7 +229,7 @@ class RealCUGAN(nnx.Module):
     y = self.unet2(y) + crop(y, 20)
     if self.fast or self.scale == 4:
       y = pixel_shuffle(crop(self.conv_final(y), 1), 2)
-    y = y[:, : h0 * self.scale, : w0 * self.scale]
+    y = y[:, : h0 * self.scale, : w0 * self.scale].astype(lr.dtype)
     if self.fast or self.scale == 4:
       y = y + upsample_nearest(x, self.scale)
     return (y - 0.15) / 0.7 if self.pro else y

@@ -153,7 +153,7 @@ class RRDBNet(nnx.Module):
     for i in range(1, self.num_upsample + 1):
       feat = lrelu(getattr(self, f"conv_up{i}")(upsample_nearest(feat, 2)))
     out = self.conv_last(lrelu(self.conv_hr(feat)))
-    return out[:, : h * self.scale, : w * self.scale]
+    return out[:, : h * self.scale, : w * self.scale].astype(lr.dtype)
 
 
 class PReLU(nnx.Module):
@@ -165,7 +165,7 @@ class PReLU(nnx.Module):
   def __call__(self, x):
     # = jnp.where(x >= 0, x, x * slope), with x once as a factor: its backward is one multiply (not
     # two selects and an add). Compact net's CPU train step: ~9% faster (benchmarks/RESULTS.md).
-    return x * jnp.where(x >= 0, 1.0, self.slope[...])
+    return x * jnp.where(x >= 0, 1.0, self.slope[...].astype(x.dtype))
 
 
 class ReLU(nnx.Module):

@@ -40,6 +40,7 @@ class ChannelLayerNorm(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
 
   def __call__(self, x):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 under bf16
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     return (x - mean) / jnp.sqrt(var + self.eps) * self.scale[...] + self.bias[...]
@@ -196,7 +197,7 @@ class SAFMN(nnx.Module):
     x = feat + x
     for layer in self.to_img:
       x = layer(x)
-    return x
+    return x.astype(lr.dtype)
 
 
 def detect_safmn(state: StateDict) -> dict:

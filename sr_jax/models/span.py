@@ -8,6 +8,7 @@ recomputes it from the same parameters on every call).
 """
 
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ class Conv3XC(nnx.Module):
 
   def __init__(self, c_in: int, c_out: int, gain: int, relu: bool, rngs: nnx.Rngs):
     self.has_relu = relu
+    self.dtype = None  # compute dtype, as Flax layers' (None: that of the input and weights)
     self.sk = Conv(c_in, c_out, (1, 1), padding="VALID", rngs=rngs)
     self.conv = nnx.List(
       [
@@ -55,7 +57,7 @@ class Conv3XC(nnx.Module):
     return kernel, bias + self.sk.bias[...]
 
   def __call__(self, x):
-    kernel, bias = self.fused()
+    x, kernel, bias = promote_dtype((x, *self.fused()), dtype=self.dtype)
     out = conv.conv_general_dilated(
       x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -142,7 +144,7 @@ class SPAN(nnx.Module):
     b6, b5_2 = self.block_6(b5)
     b6 = self.conv_2(b6)
     out = self.conv_cat(jnp.concatenate([feature, b6, b1, b5_2], -1))
-    return pixel_shuffle(self.upsampler[0](out), self.scale)
+    return pixel_shuffle(self.upsampler[0](out), self.scale).astype(lr.dtype)
 
 
 def _scale_and_out_channels(out_channels: int, in_channels: int) -> tuple[int, int]:
