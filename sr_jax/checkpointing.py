@@ -8,7 +8,9 @@ a temporary folder and renames it only when complete, so the last good checkpoin
 """
 
 import json
+import logging as std_logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -42,7 +44,7 @@ def create_manager(
   time), hence the explicit preservation policy. read_only: for inference and evaluation, creates
   and deletes nothing (a mistyped or read-only workdir stays untouched).
   """
-  _quiet_closed_event_loop_noise()
+  _quiet_orbax_noise()
   preservation = policies.AnyPreservationPolicy(
     [
       policies.LatestN(keep),
@@ -61,6 +63,7 @@ def create_manager(
     enable_async_checkpointing=async_save,
     create=not read_only,
     read_only=read_only,
+    save_interval_steps=0 if read_only else 1,
     # A save cut short (kill, full disk) leaves a *.orbax-checkpoint-tmp folder, never a
     # checkpoint: a writing run removes those leftovers when it starts.
     cleanup_tmp_directories=not read_only,
@@ -119,9 +122,13 @@ class _save_errors:
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
-  """The gist of a (tensorstore/orbax) error: its first line, without the long JSON spec."""
-  text = " ".join(str(error).split(" [tensorstore_spec")[0].split()) or type(error).__name__
-  return text if len(text) <= limit else text[: limit - 3] + "..."
+  """The gist of a (tensorstore/orbax) error in one line: without the long JSON spec, and where
+  too long, its start and its end (where the OS reason, e.g. "No space left on device", is)."""
+  text = re.sub(r" \[(tensorstore_spec|os_error_code)\S*.*$", "", str(error), flags=re.S)
+  text = " ".join(text.split()) or type(error).__name__
+  if len(text) <= limit:
+    return text
+  return f"{text[: limit // 2]} ... {text[-limit // 2 :]}"
 
 
 def restore(
@@ -338,10 +345,19 @@ def _sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _quiet_closed_event_loop_noise() -> None:
-  """Tensorstore callbacks that arrive after orbax closed its event loop (a failed restore or
-  save) print "RuntimeError: Event loop is closed" as unraisable tracebacks, by the hundred;
-  they say nothing the real error does not. Other unraisable errors still print."""
+# Orbax warnings that say nothing to act on: a save between evaluations has no PSNR-Y (on
+# purpose), and a read-only manager is what inference asks for.
+_ORBAX_NOISE = (
+  "Requested `tracked_metric`; did not provide metrics.",
+  "Given directory is read only",
+)
+
+
+def _quiet_orbax_noise() -> None:
+  """Drops _ORBAX_NOISE log lines, asyncio's reports of orbax's failed write tasks, and the
+  "RuntimeError: Event loop is closed" unraisable tracebacks (by the hundred) of tensorstore
+  callbacks that arrive after orbax closed its event loop in a failed restore or save: they say
+  nothing the real error does not. Other unraisable errors still print. Once per process."""
   previous = sys.unraisablehook
   if getattr(previous, "_sr_jax_filter", False):
     return
@@ -354,3 +370,8 @@ def _quiet_closed_event_loop_noise() -> None:
 
   hook._sr_jax_filter = True
   sys.unraisablehook = hook
+  std_logging.getLogger("absl").addFilter(
+    lambda record: not str(record.msg).startswith(_ORBAX_NOISE)
+  )
+  # A failed save also leaves its asyncio write tasks "never retrieved": the same error again.
+  std_logging.getLogger("asyncio").addFilter(lambda record: "/orbax/" not in record.getMessage())
