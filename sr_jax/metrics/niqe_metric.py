@@ -1,6 +1,9 @@
 """NIQE (Natural Image Quality Evaluator, Mittal et al. 2013): a no-reference quality score, lower
 is better. Same numbers as BasicSR's `calculate_niqe(img, crop_border, input_order='HWC',
-convert_to='y')` (itself within 1e-4 of the official MATLAB code).
+convert_to='y')` (itself within 1e-4 of the official MATLAB code): bit-identical to BasicSR 1.4.2
+run with MKL in its reproducible mode (`MKL_CBWR` set). BasicSR with MKL's default, per-CPU code
+paths rounds its half-size bicubic differently, which moves its own NIQE by up to 2e-3 on photos
+with flat regions (tests/test_niqe.py).
 
 Port of `basicsr/metrics/niqe.py` (BasicSR 1.4.2, Apache-2.0, Copyright xinntao): the Y channel
 (BT.601, quantised to integers), cropped to whole 96x96 blocks; per block and at two scales (the
@@ -8,7 +11,7 @@ second a MATLAB bicubic half-size), 18 AGGD features of the mean-subtracted cont
 image; the distance between their multivariate Gaussian and the one fitted on pristine images.
 The pristine model `niqe_pris_params.npz` is BasicSR's file, shipped beside this module
 (license: LICENSE-BasicSR.txt). The arithmetic keeps BasicSR's dtypes (float32 images, float64
-statistics) so that rounding matches, not only the formulas.
+statistics, PyTorch's summation order) so that rounding matches, not only the formulas.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import warnings
 import numpy as np
 from scipy import ndimage, special
 
-from sr_jax.data.imresize import imresize
+from sr_jax.data.imresize import cubic
 from sr_jax.metrics.psnr_ssim import to_uint8
 
 __all__ = ["niqe", "BLOCK_SIZE"]
@@ -29,6 +32,67 @@ BLOCK_SIZE = 96  # the official recommended block size; blocks do not overlap
 _PARAMS_FILE = pathlib.Path(__file__).with_name("niqe_pris_params.npz")
 # Shifts whose neighbour products give the pairwise features (horizontal, vertical, diagonals).
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+
+@functools.lru_cache(maxsize=64)
+def _half_size_taps(length: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+  """BasicSR's `calculate_weights_indices(length, ceil(length / 2), 0.5, antialiasing=True)` in
+  its float32 arithmetic: [out, taps] weights, each output's first tap in the padded axis, and
+  the symmetric padding before / after."""
+  out_length = -(-length // 2)
+  kernel_width = 4 / 0.5  # the bicubic support widened by 1/scale (antialiasing)
+  u = np.arange(1, out_length + 1, dtype=np.float32) / np.float32(0.5) + np.float32(-0.5)
+  left = np.floor(u - np.float32(kernel_width / 2))
+  taps = int(kernel_width) + 2
+  indices = left[:, None] + np.arange(taps, dtype=np.float32)[None, :]
+  weights = np.float32(0.5) * cubic((u[:, None] - indices) * np.float32(0.5))
+  weights = weights / weights.sum(axis=1, keepdims=True)
+  zeros = (weights == 0).sum(axis=0)
+  if zeros[0]:  # BasicSR's narrowing of an all-zero first / last tap column
+    indices, weights = indices[:, 1 : taps - 1], weights[:, 1 : taps - 1]
+  if zeros[-1]:
+    indices, weights = indices[:, : taps - 2], weights[:, : taps - 2]
+  pad_before, pad_after = int(-indices.min() + 1), int(indices.max() - length)
+  first = (indices[:, 0] + pad_before - 1).astype(np.int64)
+  return np.ascontiguousarray(weights), first, pad_before, max(pad_after, 0)
+
+
+def _symmetric_pad(image: np.ndarray, before: int, after: int, axis: int) -> np.ndarray:
+  head = np.flip(np.take(image, np.arange(before), axis=axis), axis)
+  tail = np.flip(
+    np.take(image, np.arange(image.shape[axis] - after, image.shape[axis]), axis), axis
+  )
+  return np.concatenate([head, image, tail], axis=axis)
+
+
+def _half_size(gray: np.ndarray) -> np.ndarray:
+  """BasicSR's `imresize(gray, 0.5)` (MATLAB bicubic, antialiased) to the last bit.
+
+  The same linear map as `sr_jax.data.imresize`, but summed in the order BasicSR's PyTorch
+  `mv` calls sum it on x86 (MKL in its reproducible mode, `MKL_CBWR` set): NIQE's contrast
+  normalisation amplifies the last bit of flat regions into its AGGD fits (up to 1e-2 on
+  photos with black backgrounds when the sums are merely float32-accurate).
+  """
+  gray = gray.astype(np.float32)
+  weights, first, before, after = _half_size_taps(gray.shape[0])
+  padded = _symmetric_pad(gray, before, after, axis=0)
+  rows = np.zeros((len(first), gray.shape[1]), np.float32)
+  for k in range(weights.shape[1]):  # along the height: tap after tap
+    rows = rows + padded[first + k] * weights[:, k : k + 1]
+  weights, first, before, after = _half_size_taps(gray.shape[1])
+  padded = _symmetric_pad(rows, before, after, axis=1)
+  if weights.shape[1] != 8:
+    raise AssertionError(f"niqe: {weights.shape[1]} bicubic taps, expected 8")
+  p = [padded[:, first + k] * weights[:, k] for k in range(8)]
+  # Along the width, MKL's 8-element dot products: this order for rows in groups of 4, tap
+  # after tap for the remaining rows.
+  out = (((((p[0] + p[1]) + p[3]) + (p[2] + p[4])) + p[5]) + p[6]) + p[7]
+  tail = out.shape[0] - out.shape[0] % 4
+  sequential = p[0][tail:]
+  for k in range(1, 8):
+    sequential = sequential + p[k][tail:]
+  out[tail:] = sequential
+  return out
 
 
 @functools.cache
@@ -92,7 +156,7 @@ def _niqe_gray(gray: np.ndarray) -> float:
       ]
     per_scale.append(np.array(blocks))
     if scale == 1:
-      gray = imresize(gray / 255.0, scale=0.5, antialiasing=True) * 255.0
+      gray = _half_size(gray / 255.0) * 255.0
   features = np.concatenate(per_scale, axis=1)
   textured = features[~np.isnan(features).any(axis=1)]  # a flat block has no AGGD fit
   if len(textured) < 2:  # no covariance: BasicSR fails in pinv ("SVD did not converge")
