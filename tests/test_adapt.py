@@ -114,6 +114,8 @@ def test_self_training_mode_reads_only_the_lr_folder_and_checkpoints(tmp_path, m
   hr_dir, lr_dir = lr_and_hr_folders(tmp_path, count=2, hr_side=128)
   guard = ReadGuard(monkeypatch)
   config = self_adapt_compact_x4.get_config()
+  with pytest.raises(ValueError, match="'self' needs data.train_dirs"):
+    data.create_train_iterator(config.data, 0, 8)
   config.data.train_dirs = (str(lr_dir),)
   config.data.patch_size = 8  # 32-pixel targets cut from the 32-pixel LR images
   config.model.weights = ""  # a tiny random net: the data path is what is tested

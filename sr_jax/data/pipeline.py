@@ -62,6 +62,12 @@ def _check(
     raise ValueError(
       f"data.degradation={data_config.degradation!r}; expected one of {DEGRADATIONS}"
     )
+  if data_config.degradation == "self" and data_config.source == "folder":
+    if not tuple(data_config.train_dirs):
+      raise ValueError(
+        "data.degradation='self' needs data.train_dirs: the folders of low-resolution images "
+        "to adapt to"
+      )
 
 
 def create_train_dataset(
