@@ -7,7 +7,7 @@ variant on these small inputs.
 import functools
 
 from flax import nnx
-import ml_collections
+import jax
 import numpy as np
 import pytest
 
@@ -16,10 +16,10 @@ pytest.importorskip("spandrel", reason="parity extras not installed: make parity
 
 from spandrel.architectures.Swin2SR import Swin2SR as TorchSwin2SR  # noqa: E402
 
-from configs import default  # noqa: E402
-from sr_jax import sharding, train  # noqa: E402
-from sr_jax.models import create_model, load_pretrained_sr, pretrained, swin2sr  # noqa: E402
+from sr_jax import utils  # noqa: E402
+from sr_jax.models import load_pretrained_sr, pretrained, swin2sr  # noqa: E402
 from sr_jax.weights import merge, porting  # noqa: E402
+from tests import arch_testing  # noqa: E402
 
 TINY = dict(embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=16)
 
@@ -62,48 +62,29 @@ VARIANTS = {
 }
 
 
-def _randomize(net, seed: int):
-  """Non-trivial weights: norm scales near 1, nonzero biases, random position bias tables."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, param in net.named_parameters():
-      noise = torch.randn(param.shape, generator=gen)
-      if "norm" in name and name.endswith("weight"):
-        param.copy_(1 + 0.1 * noise)
-      elif name.endswith("logit_scale"):  # around log(10), some above the clamp at log(100)
-        param.copy_(2.3 + 1.5 * noise)
-      elif name.endswith("bias"):
-        param.copy_(0.05 * noise)
-      else:
-        param.copy_(0.1 * noise)
-  return net.eval()
-
-
 @functools.cache
 def _reference(variant: str):
   """(torch net, its state dict as numpy, as a file holds it)."""
   kwargs, _ = VARIANTS[variant]
-  net = _randomize(TorchSwin2SR(**kwargs), seed=sorted(VARIANTS).index(variant))
-  return net, {k: v.numpy() for k, v in net.state_dict().items()}
+  net = arch_testing.randomize(
+    TorchSwin2SR(**kwargs),
+    seed=sorted(VARIANTS).index(variant),
+    # Around log(10), some above the clamp at log(100).
+    custom={"logit_scale": lambda noise: 2.3 + 1.5 * noise},
+  )
+  return net, arch_testing.state_of(net)
 
 
 def _lr(variant: str, channels: int = 3) -> np.ndarray:
   _, (h, w) = VARIANTS[variant]
-  return np.random.default_rng(0).random((1, h, w, channels), dtype=np.float32)
+  return arch_testing.random_lr(h, w, channels, seed=0)
 
 
 def _torch_forward(net, lr: np.ndarray) -> np.ndarray:
-  with torch.no_grad():
-    out = net(torch.from_numpy(lr).permute(0, 3, 1, 2))
-  if isinstance(out, tuple):  # pixelshuffle_hf: (main, main + high-frequency, high-frequency)
-    out = out[1]
-  return out.permute(0, 2, 3, 1).numpy()
-
-
-def _relative_error(out, ref) -> float:
-  out = np.asarray(out)
-  assert out.shape == ref.shape, (out.shape, ref.shape)
-  return float(np.abs(out - ref).max() / np.abs(ref).max())
+  # pixelshuffle_hf returns (main, main + high-frequency, high-frequency).
+  return arch_testing.torch_forward(
+    net, lr, output=1 if net.upsampler == "pixelshuffle_hf" else None
+  )
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -124,15 +105,12 @@ def test_matches_spandrel(variant):
     img_range=kwargs.get("img_range", 1.0),
   )
   assert {k: found[k] for k in expected} == expected
-  net = swin2sr.Swin2SR(**found, rngs=nnx.Rngs(0))
+  net = utils.eval_shape_module(lambda rngs: swin2sr.Swin2SR(**found, rngs=rngs))
   arrays = porting.torch_to_nnx(state, swin2sr.PORT_RULES)
-  flat = merge.flatten_state(net)
-  assert {k: v.shape for k, v in arrays.items()} == {k: v.shape for k, v in flat.items()}
+  assert {k: v.shape for k, v in arrays.items()} == arch_testing.nnx_shapes(net)
   merge.load_state(net, arrays, strict=True)
   lr = _lr(variant, found["in_chans"])
-  ref = _torch_forward(torch_net, lr)
-  err = _relative_error(net(lr), ref)
-  assert err <= 1e-4, f"{variant}: max |jax - torch| / max |torch| = {err:.2e}"
+  arch_testing.assert_matches(net(lr), _torch_forward(torch_net, lr), variant)
 
 
 def test_load_pretrained_sr_pth_params_ema_and_safetensors(tmp_path):
@@ -153,8 +131,7 @@ def test_load_pretrained_sr_pth_params_ema_and_safetensors(tmp_path):
     assert net.scale == 4
     assert (net.depths, net.num_heads, net.embed_dim, net.window_size) == ((2, 1), (2, 3), 12, 4)
     assert (net.upsampler, net.resi_connection) == ("pixelshuffle", "1conv")
-    err = _relative_error(net(lr), ref)
-    assert err <= 1e-4, f"{name}: max |jax - torch| / max |torch| = {err:.2e}"
+    arch_testing.assert_matches(net(lr), ref, name)
 
 
 def test_infer_architecture_says_swin2sr_not_swinir():
@@ -175,49 +152,30 @@ def test_truncated_state_dict_is_rejected():
     pretrained.infer_architecture({k: v for k, v in state.items() if k != hole})
 
 
-def _tiny_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
-  config.data.scale = 2
-  config.data.patch_size = 8
-  config.model = ml_collections.ConfigDict(
-    dict(
-      name="swin2sr",
-      weights="",
-      img_size=8,
-      patch_size=1,
-      in_chans=3,
-      embed_dim=8,
-      depths=(1,),
-      num_heads=(2,),
-      window_size=4,
-      mlp_ratio=2.0,
-      qkv_bias=True,
-      patch_norm=True,
-      img_range=1.0,
-      upsampler="pixelshuffledirect",
-      resi_connection="1conv",
-      num_feat=64,
-    )
+def test_create_model_builds_from_the_config_keys():
+  net = arch_testing.build_abstract(
+    "swin2sr",
+    2,
+    img_size=8,
+    patch_size=1,
+    in_chans=3,
+    embed_dim=8,
+    depths=(1,),
+    num_heads=(2,),
+    window_size=4,
+    mlp_ratio=2.0,
+    qkv_bias=True,
+    patch_norm=True,
+    img_range=1.0,
+    upsampler="pixelshuffledirect",
+    resi_connection="1conv",
+    num_feat=64,
   )
-  config.optim.learning_rate = 2e-3
-  config.optim.warmup_steps = 0
-  config.train.batch_size = 8
-  return config
-
-
-def test_create_model_builds_and_training_lowers_the_loss():
-  config = _tiny_config()
-  net = create_model(config.model, config.data.scale, nnx.Rngs(0))
   assert type(net) is swin2sr.Swin2SR and net.scale == 2 and net.depths == (1,)
-  assert net(np.zeros((1, 5, 7, 3), np.float32)).shape == (1, 10, 14, 3)
-  mesh = sharding.create_mesh()
-  trainer = train.create_trainer(config, mesh)
-  rng = np.random.default_rng(0)
-  hr = rng.random((8, 16, 16, 3), dtype=np.float32)
-  lr = hr.reshape(8, 8, 2, 8, 2, 3).mean(axis=(2, 4))
-  batch = sharding.global_batch({"lr": lr, "hr": hr}, mesh)
-  state, losses = trainer.state, []
-  for _ in range(4):
-    state, metrics = trainer.step(state, batch)
-    losses.append(float(metrics["loss"]))
-  assert losses[-1] < losses[0], losses
+  lr = jax.ShapeDtypeStruct((1, 5, 7, 3), np.float32)
+  assert nnx.eval_shape(lambda model, x: model(x), net, lr).shape == (1, 10, 14, 3)
+
+
+def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
+  torch_net, _ = _reference("lightweight_x2")  # two blocks: a shifted one too
+  arch_testing.assert_trains(arch_testing.load_via_pth(torch_net, tmp_path / "net.pth"))

@@ -1,0 +1,156 @@
+"""Helpers shared by the architecture tests (test_arch_*.py, test_realesrgan.py, test_unet.py).
+
+PyTorch references with random weights of non-trivial statistics, their NHWC forward, the parity
+measure (max |jax - torch| / max |torch|, float32) and the one training check every architecture
+gets. torch is imported inside the functions: the test modules skip themselves (importorskip)
+before calling them when the parity extras are not installed.
+"""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import default
+from sr_jax import optim, train_step, utils
+from sr_jax.models import create_model, load_pretrained_sr
+
+TOLERANCE = 1e-4  # max |jax - torch| / max |torch|, float32
+
+
+def randomize(net, seed: int = 0, std: float | None = None, custom: dict | None = None):
+  """`net` (a torch module) with random weights of non-trivial statistics, in eval mode.
+
+  Scales of normalisation layers near 1 (1 + 0.1 n), BatchNorm running statistics away from 0 / 1,
+  every other parameter normal * `std` (drawn per tensor in [0.02, 0.2] when None); buffers that
+  are no statistics (position indices, masks) stay as built. `custom`: parameter name (last
+  component) -> function of the standard normal noise, for values that need another range.
+  """
+  import torch
+
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for module in net.modules():
+      is_norm = "Norm" in type(module).__name__
+      for name, value in module.named_buffers(recurse=False):
+        noise = torch.randn(value.shape, generator=generator)
+        if name == "running_var":
+          value.copy_(1 + 0.3 * noise.abs())
+        elif name == "running_mean":
+          value.copy_(0.1 * noise)
+      for name, param in module.named_parameters(recurse=False):
+        noise = torch.randn(param.shape, generator=generator)
+        if custom and name in custom:
+          param.copy_(custom[name](noise))
+        elif is_norm and name == "weight":
+          param.copy_(1 + 0.1 * noise)
+        else:
+          scale = 0.02 + 0.18 * torch.rand((), generator=generator) if std is None else std
+          param.copy_(scale * noise)
+  return net.eval()
+
+
+def state_of(net) -> dict[str, np.ndarray]:
+  """A torch module's state dict as numpy, as a checkpoint file holds it."""
+  return {key: value.numpy() for key, value in net.state_dict().items()}
+
+
+def nnx_shapes(net: nnx.Module) -> dict[str, tuple]:
+  """`merge.flatten_state`'s keys and shapes, for an abstract (`nnx.eval_shape`) network too."""
+  flat = nnx.to_flat_state(nnx.state(net, nnx.Not(nnx.RngState)))
+  return {".".join(map(str, path)): tuple(var.get_value().shape) for path, var in flat}
+
+
+def load_via_pth(torch_net, path) -> nnx.Module:
+  """`load_pretrained_sr` of `torch_net`'s state dict saved as a .pth (detection, strict load)."""
+  import torch
+
+  torch.save(torch_net.state_dict(), path)
+  return load_pretrained_sr(path)
+
+
+def random_lr(h: int, w: int, channels: int = 3, seed: int = 1) -> np.ndarray:
+  return np.random.default_rng(seed).random((1, h, w, channels), dtype=np.float32)
+
+
+def torch_forward(net, lr: np.ndarray, output: int | None = None) -> np.ndarray:
+  """NHWC in, NHWC out; `output`: which one to take when the network returns a tuple."""
+  import torch
+
+  with torch.no_grad():
+    out = net(torch.from_numpy(np.ascontiguousarray(lr.transpose(0, 3, 1, 2))))
+  if output is not None:
+    out = out[output]
+  return out.numpy().transpose(0, 2, 3, 1)
+
+
+def jit_forward(net: nnx.Module, lr: np.ndarray) -> np.ndarray:
+  """The forward compiled as one program (weights as arguments, not baked-in constants)."""
+  graphdef, state = nnx.split(net)
+  return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.asarray(lr)))
+
+
+def relative_error(ours, reference: np.ndarray) -> float:
+  ours = np.asarray(ours)
+  assert ours.shape == reference.shape, (ours.shape, reference.shape)
+  return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def assert_matches(ours, reference: np.ndarray, label: str, tolerance: float = TOLERANCE) -> None:
+  error = relative_error(ours, reference)
+  assert error <= tolerance, f"{label}: max |jax - torch| / max |torch| = {error:.2e}"
+
+
+def assert_parity(net, torch_net, lr: np.ndarray, label: str, jit: bool = False) -> None:
+  """`net` (NHWC) computes what `torch_net` does on `lr`, within `TOLERANCE`."""
+  ours = jit_forward(net, lr) if jit else net(jnp.asarray(lr))
+  assert_matches(ours, torch_forward(torch_net, lr), label)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def run_steps(config, graphdef: nnx.GraphDef, state: dict, num_steps: int, lr_size: int = 8):
+  """(host copies of the train state before and after each of `num_steps` steps, the loss of each
+  step): the step training runs (`train_step.make_step_fn` of `config`), on one device, on one
+  batch of 2 random HR patches and their box-downscaled LR (`lr_size` pixels square)."""
+  step = jax.jit(train_step.make_step_fn(config, graphdef))
+  scale = config.data.scale
+  hr = np.random.default_rng(0).random((2, lr_size * scale, lr_size * scale, 3), dtype=np.float32)
+  batch = {"lr": hr.reshape(2, lr_size, scale, lr_size, scale, 3).mean(axis=(2, 4)), "hr": hr}
+  states, step_losses = [jax.tree.map(np.asarray, state)], []
+  for _ in range(num_steps):
+    state, metrics = step(state, batch)
+    states.append(jax.tree.map(np.asarray, state))
+    step_losses.append(float(metrics["loss"]))
+  return states, step_losses
+
+
+def assert_trains(net: nnx.Module, lr_size: int = 8, num_steps: int = 3) -> None:
+  """`net` (RGB, e.g. loaded from a reference file) fine-tunes: with the default config's AdamW
+  and L1 loss (no EMA, no warm-up, no clipping), the first step moves every parameter (a finite,
+  non-zero gradient reaches each) and the loss goes down over `num_steps` steps."""
+  config = default.get_config()
+  config.data.scale = net.scale
+  config.optim.update(learning_rate=1e-3, warmup_steps=0, grad_clip_norm=0.0)
+  config.train.ema_decay = 0.0
+  _, tx = optim.from_config(config)
+  graphdef, params, model_state = nnx.split(net, nnx.Param, ...)
+  # The train state's layout (sr_jax.train_state), built from this network instead of the config.
+  state = dict(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state)
+  state["opt_state"] = jax.jit(tx.init)(params)
+  states, step_losses = run_steps(config, graphdef, state, num_steps, lr_size)
+  flat_before = jax.tree_util.tree_flatten_with_path(states[0]["params"])[0]
+  for (path, before), after in zip(flat_before, jax.tree.leaves(states[1]["params"])):
+    name = jax.tree_util.keystr(path)
+    assert np.isfinite(after).all(), f"{name}: not finite after one step"
+    assert not np.array_equal(before, after), f"{name}: no gradient reaches it"
+  assert step_losses[-1] < step_losses[0], step_losses
+
+
+def build_abstract(name: str, scale: int, **model) -> nnx.Module:
+  """`create_model` of a config `model` (name and keys), shapes only: the keys it reads are there
+  and the architecture builds, with no random init to compile."""
+  config = ml_collections.ConfigDict(dict(name=name, weights="", **model))
+  return utils.eval_shape_module(lambda rngs: create_model(config, scale, rngs))
