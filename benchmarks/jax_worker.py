@@ -18,11 +18,13 @@ import time
 from flax import nnx
 import jax
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 import protocol
 import specs
 
 from sr_jax import conv, inference, models, sharding, tiling, train, train_step
+from sr_jax.models import precision
 
 _current = {}  # the model under test: its timer and compiled program
 _OPTIONS = {"infer_over": "rows"}  # set from the command line
@@ -122,22 +124,26 @@ def describe() -> dict:
   return info
 
 
-def peak_matmul(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> dict:
-  """Best FLOP/s of float32 [size, size] matmuls over `sizes` and `repeats`, in JAX (one device)
-  and NumPy. On a GPU: JAX's default precision (TF32 on Ampere and newer), and no NumPy (a host
-  figure)."""
+def peak_matmul(
+  sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5, dtype: str = "float32"
+) -> dict:
+  """Best FLOP/s of [size, size] matmuls in `dtype` over `sizes` and `repeats`, in JAX (one
+  device) and NumPy (float32 only). On a GPU: JAX's default precision (float32: TF32 on Ampere and
+  newer), and no NumPy (a host figure)."""
   on_cpu = jax.local_devices()[0].platform == "cpu"
-  best = {"jax": 0.0, "numpy": 0.0} if on_cpu else {"jax": 0.0}
+  best = {"jax": 0.0, "numpy": 0.0} if on_cpu and dtype == "float32" else {"jax": 0.0}
   matmul = jax.jit(lambda a: a @ a)
   for size in sizes:
     a_host = np.random.default_rng(0).standard_normal((size, size), np.float32)
+    if dtype != "float32":
+      a_host = a_host.astype(jnp.dtype(dtype))
     a = jax.device_put(a_host, jax.local_devices()[0])
     jax.block_until_ready(matmul(a))
     for _ in range(repeats):
       start = time.perf_counter()
       jax.block_until_ready(matmul(a))
       best["jax"] = max(best["jax"], 2 * size**3 / (time.perf_counter() - start))
-      if not on_cpu:
+      if "numpy" not in best:
         continue
       start = time.perf_counter()
       np.matmul(a_host, a_host)
@@ -159,8 +165,8 @@ def _train_flops(config, trainer: train.Trainer, batch: dict) -> float | None:
   return _flops(jax.jit(train_step.make_step_fn(config, graphdef)), state, batch)
 
 
-def _setup_train(model: str) -> dict:
-  config = specs.config_for(model)
+def _setup_train(model: str, preset: str, dtype: str) -> dict:
+  config = specs.config_for(model, preset, dtype)
   mesh = sharding.create_mesh()
   trainer = train.create_trainer(config, mesh)
   rng = np.random.default_rng(0)
@@ -194,10 +200,11 @@ def _setup_train(model: str) -> dict:
   }
 
 
-def _setup_infer(model: str) -> dict:
-  config = specs.config_for(model)
-  size, scale = specs.SPECS[model].infer_size, config.data.scale
+def _setup_infer(model: str, preset: str, dtype: str) -> dict:
+  config = specs.config_for(model, preset, dtype)
+  size, scale = specs.infer_size(model, preset), config.data.scale
   net = models.create_model(config.model, scale, nnx.Rngs(config.seed))
+  precision.set_compute_dtype(net, dtype)  # as `upscale --dtype` runs it
   lr = np.random.default_rng(0).random((1, size, size, 3), np.float32)
   one_device = jax.local_devices()[0] if _OPTIONS["infer_over"] == "device" else None
   mesh = sharding.create_mesh(jax.local_devices())
@@ -230,12 +237,14 @@ def _setup_infer(model: str) -> dict:
   }
 
 
-def setup(model: str, task: str) -> dict:
-  """Builds and compiles `model`'s train step or forward, runs it once (warm-up), times that."""
+def setup(model: str, task: str, preset: str = "cpu", dtype: str = "float32") -> dict:
+  """Builds and compiles `model`'s train step or forward (`specs.config_for(model, preset,
+  dtype)`), runs it once (warm-up), times that."""
   teardown()
   protocol.reset_peak_rss()
   peak_before = _device_peak_mb()
-  info = _setup_train(model) if task == "train" else _setup_infer(model)
+  setup_task = _setup_train if task == "train" else _setup_infer
+  info = setup_task(model, preset, dtype)
   _current["device_peak_before_mb"] = peak_before
   if jax.local_devices()[0].platform != "cpu":
     _current["timer"](1)  # First call on an accelerator: lazy allocations.

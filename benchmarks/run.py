@@ -1,6 +1,7 @@
 """Speed of sr_jax against PyTorch and against the machine's measured matmul peak.
 
   python benchmarks/run.py --out=DIR [--models=edsr_baseline,unet_resnet34,...] [--repeats=N]
+  python benchmarks/run.py --out=DIR --preset=accelerator   (GPU/TPU: float32 and bfloat16 rows)
 
 Writes DIR/results.json, a list of rows
   {"model", "task": "train"|"infer", "sr_jax_per_s", "torch_per_s", "ratio", "fraction_of_peak",
@@ -9,6 +10,12 @@ Writes DIR/results.json, a list of rows
 note says otherwise; ratio = sr_jax / torch throughput, null without torch; fraction_of_peak = the
 step's FLOPs from XLA's cost analysis x throughput / the best float32 matmul FLOP/s measured here),
 and DIR/results.md (the same as a table, with the machine and the settings).
+
+--preset=accelerator takes the batch and patch sizes of the published GPU recipes
+(`specs.ACCELERATOR`) and, by default, times every row in float32 and in bfloat16 (--dtypes):
+sr_jax with `train.compute_dtype` / the inference dtype, PyTorch with `torch.autocast(bfloat16)`
+(both memory formats timed, the faster one is the reference). fraction_of_peak is then against the
+peak matmul of the row's dtype, and fraction_of_bf16_peak against the bfloat16 one.
 
 Each framework runs in its own worker process; the two are timed alternately, repeat by repeat, so
 that both see the same machine load. On CPU, JAX gets one device per core by default
@@ -22,6 +29,7 @@ the peak FLOP/s is the best TF32 matmul. results.json and results.md are rewritt
 import argparse
 import datetime
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -49,6 +57,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     help=f"comma-separated, from {', '.join(specs.SPECS)}",
   )
   parser.add_argument("--tasks", default="train,infer", help="train, infer or both")
+  parser.add_argument(
+    "--preset",
+    choices=specs.PRESETS,
+    default="cpu",
+    help="batch / patch / image sizes: cpu (2 cores) or accelerator (the published GPU recipes)",
+  )
+  parser.add_argument(
+    "--dtypes",
+    default=None,
+    help="compute dtypes to time, comma-separated (float32, bfloat16); default: float32 with "
+    "--preset=cpu, float32,bfloat16 with --preset=accelerator",
+  )
   parser.add_argument(
     "--repeats", type=int, default=3, help="timed repeats per framework (median reported)"
   )
@@ -155,13 +175,13 @@ def cpu_name() -> str:
   return platform.processor() or "unknown"
 
 
-def measure_peak(jax_worker, torch_workers, sizes: list[int]) -> dict:
-  """Best float32 matmul FLOP/s over JAX, NumPy and PyTorch: the machine's practical ceiling."""
-  peaks = dict(jax_worker.call("peak_matmul", sizes=sizes))
+def measure_peak(jax_worker, torch_workers, sizes: list[int], dtype: str = "float32") -> dict:
+  """Best `dtype` matmul FLOP/s over JAX, NumPy and PyTorch: the machine's practical ceiling."""
+  peaks = dict(jax_worker.call("peak_matmul", sizes=sizes, dtype=dtype))
   if torch_workers:
-    peaks.update(torch_workers[0].call("peak_matmul", sizes=sizes))
+    peaks.update(torch_workers[0].call("peak_matmul", sizes=sizes, dtype=dtype))
   peaks["jax"] = max(
-    peaks["jax"], jax_worker.call("peak_matmul", sizes=sizes)["jax"]
+    peaks["jax"], jax_worker.call("peak_matmul", sizes=sizes, dtype=dtype)["jax"]
   )  # after torch's turn
   peaks["best"] = max(peaks.values())
   return peaks
@@ -183,10 +203,13 @@ def time_interleaved(workers: list, iters: list[int], repeats: int) -> list[list
   return seconds
 
 
-def bench_row(model: str, task: str, jax_worker, torch_workers, args, peak: float) -> dict:
+def bench_row(
+  model: str, task: str, jax_worker, torch_workers, args, peaks: dict, dtype: str = "float32"
+) -> dict:
   load_start = os.getloadavg()[0]
-  settings = specs.torch_settings(model)
-  jax_info = jax_worker.call("setup", model=model, task=task)
+  peak = peaks[dtype]["best"]
+  settings = specs.torch_settings(model, args.preset, dtype)
+  jax_info = jax_worker.call("setup", model=model, task=task, preset=args.preset, dtype=dtype)
   torch_infos = [w.call("setup", settings=settings, task=task) for w in torch_workers]
   workers = [jax_worker, *torch_workers]
   iters = [
@@ -214,9 +237,12 @@ def bench_row(model: str, task: str, jax_worker, torch_workers, args, peak: floa
 
   jax_images, jax_mp, jax_fraction = derived(per_s[0])
   torch_images, torch_mp, torch_fraction = derived(torch_per_s)
+  bf16_peak = peaks.get("bfloat16", {}).get("best")
   return {
     "model": model,
     "task": task,
+    "dtype": dtype,
+    "preset": args.preset,
     "sr_jax_per_s": per_s[0],
     "torch_per_s": torch_per_s,
     "ratio": per_s[0] / torch_per_s if torch_per_s else None,
@@ -231,6 +257,10 @@ def bench_row(model: str, task: str, jax_worker, torch_workers, args, peak: floa
     "sr_jax_gflops_per_s": flops * per_s[0] / 1e9 if flops else None,
     "torch_gflops_per_s": flops * torch_per_s / 1e9 if flops and torch_per_s else None,
     "peak_flops_per_s": peak,
+    "fraction_of_bf16_peak": flops * per_s[0] / bf16_peak if flops and bf16_peak else None,
+    "torch_fraction_of_bf16_peak": (
+      flops * torch_per_s / bf16_peak if flops and bf16_peak and torch_per_s else None
+    ),
     "compile_s": jax_info["compile_s"],
     "sr_jax_peak_rss_mb": memory[0]["peak_rss_mb"],
     "torch_peak_rss_mb": torch_memory.get("peak_rss_mb"),
@@ -280,7 +310,10 @@ def markdown(rows: list[dict], header: dict) -> str:
       "and matmuls); PyTorch allow_tf32 for cuDNN convs and cuBLAS matmuls, cudnn.benchmark on "
       "(see the torch line); the peak below is TF32"
     ]
-  peaks = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in header["peak"].items())
+  peaks = "; ".join(
+    f"{dtype}: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in by_side.items())
+    for dtype, by_side in header["peaks"].items()
+  )
   lines = [
     f"# sr_jax vs PyTorch: {header['date']}",
     "",
@@ -288,27 +321,32 @@ def markdown(rows: list[dict], header: dict) -> str:
     machine,
     f"- torch: {header['torch']}",
     *precision,
-    f"- peak float32 matmul (best of sides {header['matmul_sizes']}): {peaks}",
+    f"- preset: {header['preset']}; peak matmul (best of sides {header['matmul_sizes']}): {peaks}",
     f"- load average (1 min) at start / end: {header['load_start']:.2f} / {header['load_end']:.2f}",
     "",
-    "| model | task | unit | sr_jax | torch (format) | ratio | sr_jax GFLOP/s "
+    "| model | task | dtype | unit | sr_jax | torch (format) | ratio | sr_jax GFLOP/s "
     "| fraction of peak (sr_jax / torch) | compile s | peak RSS MB (sr_jax / torch) | load |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     torch_cell = f"{_fmt(r['torch_per_s'])} ({r['torch_format']})" if r["torch_per_s"] else "—"
     fractions = f"{_fmt(r['fraction_of_peak'], '.2f')} / {_fmt(r['torch_fraction_of_peak'], '.2f')}"
     rss = f"{_fmt(r['sr_jax_peak_rss_mb'], '.0f')} / {_fmt(r['torch_peak_rss_mb'], '.0f')}"
     lines.append(
-      f"| {r['model']} | {r['task']} | {r['unit']} | {_fmt(r['sr_jax_per_s'])} | {torch_cell} | "
+      f"| {r['model']} | {r['task']} | {r['dtype']} | {r['unit']} | {_fmt(r['sr_jax_per_s'])} | "
+      f"{torch_cell} | "
       f"{_fmt(r['ratio'], '.2f')} | {_fmt(r['sr_jax_gflops_per_s'], '.0f')} | {fractions} | "
       f"{_fmt(r['compile_s'], '.1f')} | {rss} | "
       f"{r['load_avg_start']:.1f}–{r['load_avg_end']:.1f} |"
     )
   lines += ["", "Settings per model:", ""]
   for model in dict.fromkeys(r["model"] for r in rows):
-    spec = specs.SPECS[model]
-    lines.append(f"- `{model}`: {spec.note}; infer: one {spec.infer_size}² LR image")
+    note = specs.SPECS[model].note
+    if header["preset"] == "accelerator":
+      overrides = specs.ACCELERATOR[model][0]
+      note = f"{note}; accelerator preset: " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+    size = specs.infer_size(model, header["preset"])
+    lines.append(f"- `{model}`: {note}; infer: one {size}² LR image")
   for error in header.get("errors", []):
     lines.append(
       f"- FAILED `{error['model']}` {error['task']}: {error['error'].strip().splitlines()[-1]}"
@@ -323,8 +361,11 @@ def main(argv=None) -> list[dict]:
   tasks = ["train", "infer"] if tasks == ["both"] else tasks
   if not tasks or set(tasks) - {"train", "infer"}:
     raise SystemExit(f"error: --tasks={args.tasks!r}: give train, infer, train,infer or both")
+  default_dtypes = "float32,bfloat16" if args.preset == "accelerator" else "float32"
+  dtypes = [d for d in (args.dtypes or default_dtypes).split(",") if d]
   for model in models:
-    specs.config_for(model)  # Unknown names fail before any worker starts.
+    for dtype in dtypes:
+      specs.config_for(model, args.preset, dtype)  # Bad names fail before any worker starts.
   os.makedirs(args.out, exist_ok=True)
   jax_worker, torch_workers = start_workers(args)
   header = {
@@ -335,6 +376,7 @@ def main(argv=None) -> list[dict]:
     "cpu": cpu_name(),
     "cores": _cores(),
     "matmul_sizes": args.matmul_sizes,
+    "preset": args.preset,
     "load_start": os.getloadavg()[0],
   }
   rows = []
@@ -351,32 +393,33 @@ def main(argv=None) -> list[dict]:
     header["torch"] = (
       ", ".join(str(w.call("describe")) for w in torch_workers) or "not installed / not run"
     )
-    header["peak"] = measure_peak(
-      jax_worker, torch_workers, [int(n) for n in args.matmul_sizes.split(",")]
-    )
+    sizes = [int(n) for n in args.matmul_sizes.split(",")]
+    header["peaks"] = {
+      dtype: measure_peak(jax_worker, torch_workers, sizes, dtype)
+      for dtype in dict.fromkeys(["float32", *dtypes])
+    }
     device = f"{header['jax']['device_count']} x {header['jax']['device_kind']} ({header['cpu']})"
-    for model in models:
-      for task in tasks:
-        try:
-          row = bench_row(model, task, jax_worker, torch_workers, args, header["peak"]["best"])
-        except (RuntimeError, OSError) as error:  # A worker's exception, or a worker that exited.
-          if not args.keep_going:
-            raise
-          print(f"{model:20s} {task:5s} FAILED: {error}", file=sys.stderr, flush=True)
-          header.setdefault("errors", []).append(
-            {"model": model, "task": task, "error": str(error)}
-          )
-          write_results()
-          continue
-        row["device"] = device
-        rows.append(row)
-        print(
-          f"{model:20s} {task:5s} sr_jax {row['sr_jax_per_s']:.3g} {row['unit']}  torch "
-          f"{_fmt(row['torch_per_s'])}  ratio {_fmt(row['ratio'], '.2f')}  "
-          f"peak fraction {_fmt(row['fraction_of_peak'], '.2f')}  load {row['load_avg_end']:.1f}",
-          flush=True,
+    for model, task, dtype in itertools.product(models, tasks, dtypes):
+      try:
+        row = bench_row(model, task, jax_worker, torch_workers, args, header["peaks"], dtype)
+      except (RuntimeError, OSError) as error:  # A worker's exception, or a worker that exited.
+        if not args.keep_going:
+          raise
+        print(f"{model:20s} {task:5s} {dtype} FAILED: {error}", file=sys.stderr, flush=True)
+        header.setdefault("errors", []).append(
+          {"model": model, "task": task, "dtype": dtype, "error": str(error)}
         )
         write_results()
+        continue
+      row["device"] = device
+      rows.append(row)
+      print(
+        f"{model:20s} {task:5s} {dtype:8s} sr_jax {row['sr_jax_per_s']:.3g} {row['unit']}  torch "
+        f"{_fmt(row['torch_per_s'])}  ratio {_fmt(row['ratio'], '.2f')}  "
+        f"peak fraction {_fmt(row['fraction_of_peak'], '.2f')}  load {row['load_avg_end']:.1f}",
+        flush=True,
+      )
+      write_results()
   finally:
     for worker in (jax_worker, *torch_workers):
       worker.close()

@@ -80,6 +80,20 @@ SPECS = {
     "EDSR x2, 1 block, 8 ch",
   ),
 }
+# --preset=accelerator: the batch and patch sizes of the published GPU recipes (EDSR: 16 x 48²,
+# Real-ESRGAN's compact and RRDBNet: 16 x 64² LR (gt_size 256), the U-Nets: 16 x 128²) and larger
+# inference images; the CPU rows above are sized for 2 cores.
+ACCELERATOR = {
+  "edsr_baseline": ({"data.patch_size": 48, "train.batch_size": 16}, 512),
+  "unet_resnet34": ({"data.patch_size": 128, "train.batch_size": 16}, 512),
+  "unet_effnetlite0": ({"data.patch_size": 128, "train.batch_size": 16}, 512),
+  "realesrgan_compact": ({"data.patch_size": 64, "train.batch_size": 16}, 512),
+  "rrdbnet": ({"data.patch_size": 64, "train.batch_size": 16}, 256),
+  "edsr_tiny": ({}, 16),
+}
+PRESETS = ("cpu", "accelerator")
+DTYPES = ("float32", "bfloat16")
+
 DEFAULT_MODELS = (
   "edsr_baseline",
   "unet_resnet34",
@@ -100,20 +114,30 @@ def _set(config: ml_collections.ConfigDict, key: str, value) -> None:
   node[leaf] = value
 
 
-def config_for(model: str) -> ml_collections.ConfigDict:
-  """The full sr_jax config of benchmark row `model`."""
+def config_for(
+  model: str, preset: str = "cpu", dtype: str = "float32"
+) -> ml_collections.ConfigDict:
+  """The full sr_jax config of benchmark row `model` for `preset` and compute `dtype`."""
   if model not in SPECS:
     raise ValueError(f"unknown benchmark model {model!r}; known: {sorted(SPECS)}")
+  if preset not in PRESETS or dtype not in DTYPES:
+    raise ValueError(f"preset {preset!r} / dtype {dtype!r}: known {PRESETS} / {DTYPES}")
   spec = SPECS[model]
   config = importlib.import_module(f"configs.{spec.config}").get_config()
-  for key, value in spec.overrides.items():
+  overrides = {**spec.overrides, **(ACCELERATOR[model][0] if preset == "accelerator" else {})}
+  for key, value in {**overrides, "train.compute_dtype": dtype}.items():
     _set(config, key, value)
   return config
 
 
-def torch_settings(model: str) -> dict:
+def infer_size(model: str, preset: str = "cpu") -> int:
+  """LR side of the inference image of row `model`."""
+  return ACCELERATOR[model][1] if preset == "accelerator" else SPECS[model].infer_size
+
+
+def torch_settings(model: str, preset: str = "cpu", dtype: str = "float32") -> dict:
   """Plain-data settings the PyTorch side needs to build the same network and step."""
-  config = config_for(model)
+  config = config_for(model, preset, dtype)
   if config.loss.feature_weight:
     raise ValueError(f"{model}: the PyTorch reference step has an L1 loss only")
   return {
@@ -122,7 +146,8 @@ def torch_settings(model: str) -> dict:
     "scale": config.data.scale,
     "batch_size": config.train.batch_size,
     "patch_size": config.data.patch_size,
-    "infer_size": SPECS[model].infer_size,
+    "infer_size": infer_size(model, preset),
+    "dtype": dtype,  # bfloat16: torch.autocast
     "learning_rate": config.optim.learning_rate,
     "b1": config.optim.b1,
     "b2": config.optim.b2,

@@ -9,6 +9,8 @@ the host through the network in inference mode, the SR image back on the host.
 """
 
 import argparse
+import contextlib
+import functools
 import time
 
 import numpy as np
@@ -66,11 +68,14 @@ def describe() -> dict:
   return info
 
 
-def peak_matmul(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> dict:
-  """Best FLOP/s of float32 [size, size] matmuls over `sizes` and `repeats` (TF32 on a GPU)."""
+def peak_matmul(
+  sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5, dtype: str = "float32"
+) -> dict:
+  """Best FLOP/s of [size, size] matmuls in `dtype` over `sizes` and `repeats` (float32: TF32 on
+  a GPU)."""
   best = 0.0
   for size in sizes:
-    a = torch.randn(size, size, device=_DEVICE)
+    a = torch.randn(size, size, device=_DEVICE, dtype=getattr(torch, dtype))
     a @ a
     for _ in range(repeats):
       _sync()
@@ -96,6 +101,14 @@ def _images(batch: int, size: int, rng: np.random.Generator) -> torch.Tensor:
   return x.contiguous(memory_format=_FORMAT)
 
 
+def _autocast(settings: dict):
+  """PyTorch's mixed precision for settings["dtype"] == "bfloat16" (its recommended bf16 path:
+  autocast, no grad scaler), else a no-op context."""
+  if settings["dtype"] == "float32":
+    return contextlib.nullcontext
+  return functools.partial(torch.autocast, _DEVICE.type, dtype=getattr(torch, settings["dtype"]))
+
+
 def _setup_train(settings: dict) -> dict:
   net = torch_reference.build(settings["arch"], settings["model"], settings["scale"]).to(_DEVICE)
   net = net.to(memory_format=_FORMAT).train()
@@ -110,10 +123,13 @@ def _setup_train(settings: dict) -> dict:
   batch, patch, scale = settings["batch_size"], settings["patch_size"], settings["scale"]
   lr, hr = _images(batch, patch, rng), _images(batch, patch * scale, rng)
   decay = settings["ema_decay"]
+  autocast = _autocast(settings)
 
   def run_once():
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.l1_loss(net(lr), hr)
+    with autocast():  # float32 weights, optimizer and loss; the network in bfloat16 (if asked)
+      sr = net(lr)
+    loss = torch.nn.functional.l1_loss(sr.float(), hr)
     loss.backward()
     if settings["grad_clip_norm"]:
       torch.nn.utils.clip_grad_norm_(params, settings["grad_clip_norm"])
@@ -132,10 +148,12 @@ def _setup_infer(settings: dict) -> dict:
   size = settings["infer_size"]
   lr_host = np.random.default_rng(0).random((1, 3, size, size), np.float32)
 
+  autocast = _autocast(settings)
+
   def run_once():
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
       lr = torch.from_numpy(lr_host).to(_DEVICE).contiguous(memory_format=_FORMAT)
-      net(lr).cpu().numpy()
+      net(lr).float().cpu().numpy()
 
   _current.update(timer=protocol.repeat_timer(run_once, _sync), net=net)
   return {"params": sum(p.numel() for p in net.parameters())}

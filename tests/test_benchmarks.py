@@ -47,3 +47,37 @@ def test_run_writes_rows_for_each_model_and_task(tmp_path):
       assert row["torch_per_s"] is None and row["ratio"] is None
   table = (tmp_path / "results.md").read_text()
   assert "| edsr_tiny | train |" in table and "| edsr_tiny | infer |" in table
+
+
+def test_accelerator_preset_times_bfloat16_on_both_sides(tmp_path):
+  """--preset=accelerator --dtypes=bfloat16: sr_jax with train.compute_dtype=bfloat16, PyTorch
+  under autocast; fractions against the measured bfloat16 matmul peak."""
+  subprocess.run(
+    [
+      sys.executable,
+      str(RUN),
+      f"--out={tmp_path}",
+      "--models=edsr_tiny",
+      "--tasks=train",
+      "--preset=accelerator",
+      "--dtypes=bfloat16",
+      "--repeats=1",
+      "--min_repeat_s=0",
+      "--matmul_sizes=128",
+      "--torch_formats=channels_last",
+      "--cpu_devices=2",
+    ],
+    check=True,
+    timeout=600,
+  )
+  (row,) = json.loads((tmp_path / "results.json").read_text())
+  assert (row["model"], row["task"], row["dtype"], row["preset"]) == (
+    "edsr_tiny",
+    "train",
+    "bfloat16",
+    "accelerator",
+  )
+  assert row["fraction_of_peak"] == pytest.approx(row["fraction_of_bf16_peak"])
+  if HAS_TORCH:
+    assert row["torch_fraction_of_bf16_peak"] > 0
+  assert "| edsr_tiny | train | bfloat16 |" in (tmp_path / "results.md").read_text()
