@@ -1,6 +1,7 @@
 """Entry point: python launch.py --config=configs/x.py --workdir=DIR [--mode=train|eval]
 [--config.a.b=v]. Without --config, the run's own WORKDIR/config.json (resume, eval)."""
 
+import errno
 import logging as std_logging
 import sys
 
@@ -39,6 +40,8 @@ USER_ERRORS = (
 )
 # A checkpoint that could not be written (e.g. a full disk): one line, exit code 1.
 SAVE_ERRORS = (checkpointing.CheckpointSaveError,)
+# The filesystem refused another write (full, over quota, read-only): one line, exit code 1.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 # Stopped on SIGTERM after saving a checkpoint: 128 + SIGTERM, what schedulers expect of a
 # terminated job (so they restart it); the same command continues.
 PREEMPTED_EXIT_CODE = 143
@@ -112,10 +115,11 @@ def main(argv):
   except train.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(PREEMPTED_EXIT_CODE)
-  except (*USER_ERRORS, *SAVE_ERRORS) as e:
-    if FLAGS.verbose:
+  except (*USER_ERRORS, *SAVE_ERRORS, OSError) as e:
+    storage = isinstance(e, SAVE_ERRORS) or getattr(e, "errno", None) in STORAGE_ERRNOS
+    if FLAGS.verbose or not (storage or isinstance(e, USER_ERRORS)):
       raise
-    _fail(e, 1 if isinstance(e, SAVE_ERRORS) else 2)
+    _fail(e, 1 if storage else 2)
 
 
 if __name__ == "__main__":

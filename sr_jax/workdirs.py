@@ -83,7 +83,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> list[str
   if structural:
     raise ValueError(
       f"{workdir!r} holds a run of another network ({'; '.join(structural)}); its checkpoints "
-      "cannot be resumed with this config: use a new --workdir (or the run's own config)"
+      "cannot be resumed with this config: use a new --workdir (or the run's own config; or "
+      "move this workdir away yourself to reuse its name)"
     )
   return differences
 

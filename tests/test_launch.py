@@ -36,8 +36,12 @@ def _assert_one_line_error(result, *fragments):
     (["--config=configs/default.py", "--workdir=W", "--config.modl.name=edsr"], ["modl"]),
     (["--workdir=W_missing", "--mode=eval"], ["W_missing", "does not exist"]),
     (["--workdir=W_missing"], ["W_missing", "--config"]),
+    (
+      ["--config=configs/default.py", "--workdir=W_missing", "--config.train.steps=0"],
+      ["train.steps=0", ">= 1"],
+    ),
   ],
-  ids=["config_path", "misspelt_key", "eval_missing_workdir", "train_without_config"],
+  ids=["config_path", "misspelt_key", "eval_missing_workdir", "train_without_config", "steps_0"],
 )
 def test_flag_mistakes(tmp_path, args, fragments):
   args = [a.replace("=W", f"={tmp_path}/W") for a in args]
