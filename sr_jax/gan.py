@@ -167,6 +167,19 @@ def make_step_fn(
   """The (unjitted) GAN step of `config` (gan.weight > 0) for the network `graphdef`; the
   discriminator and the loss's backbone are built abstractly (their weights are in the state)."""
   check_config(config)
+  if config.train.grad_accum_steps != 1 or config.train.compute_dtype != "float32":
+    raise ValueError(
+      f"the GAN step (gan.weight={config.gan.weight}) runs in float32 without gradient "
+      f"accumulation; got train.grad_accum_steps={config.train.grad_accum_steps}, "
+      f"train.compute_dtype={config.train.compute_dtype!r}"
+    )
+  hr_side = config.data.patch_size * config.data.scale
+  if hr_side % 8:
+    raise ValueError(
+      f"the GAN discriminator needs HR patches whose side is a multiple of 8: data.patch_size="
+      f"{config.data.patch_size} x data.scale={config.data.scale} = {hr_side}"
+    )
+  train_step_lib.check_batch_size(config, mesh.size if mesh is not None else 1)
   schedule, tx = optim.from_config(config)
   _, discriminator_tx = discriminator_optimizer(config)
   loss, _ = losses.create_loss(config.loss, load_weights=False)
