@@ -238,10 +238,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  is_main = jax.process_index() == 0
   changed = workdirs.check_resumable(workdir, config)  # before anything is written
   mesh = sharding.create_mesh()
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
+  try:
+    return _resume_and_train(config, workdir, mesh, manager, changed)
+  finally:  # Also on errors: let an async save finish, so the last good checkpoint is complete.
+    _close_quietly(manager)
+
+
+def _resume_and_train(config, workdir: str, mesh, manager, changed: list[str]) -> TrainState:
+  is_main = jax.process_index() == 0
   has_checkpoints = bool(manager.all_steps())
   trainer = create_trainer(config, mesh, abstract=has_checkpoints)
   train_iter = data.create_train_iterator(
@@ -311,10 +318,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         logging.warning("preempted at step %d: checkpoint saved in %s", step, workdir)
         raise Preempted(step, workdir)
     checkpointing.wait_until_finished(manager)
-  finally:  # Also on errors: let an async save finish, so the last good checkpoint is complete.
+  finally:
     profiler.stop()
     progress.close()
-    _close_quietly(manager)
     writer.close()
     preemption.close()
   if is_main and eval_sets:
