@@ -147,22 +147,6 @@ def load_eval_images(path: str, scale: int) -> list[data.EvalImage]:
   return [data.load_eval_image(path, scale)]
 
 
-def comparison(
-  image: data.EvalImage,
-  predictors: list[tuple[str, object]],
-  scale: int,
-  crop: tuple[int, int, int] | None,
-) -> tuple[object, dict[str, float]]:
-  """The figure of one image and the PSNR-Y of every panel."""
-  panels = [("bicubic", data.bicubic_baseline(image.lr, scale))]
-  panels += [(label, np.clip(predict(image.lr), 0.0, 1.0)) for label, predict in predictors]
-  psnrs = {label: metrics.psnr_y(sr, image.hr, scale) for label, sr in panels}
-  figure = figures.zoom_comparison_figure(
-    panels, image.hr, scale, crop, title=f"{image.name} x{scale}"
-  )
-  return figure, psnrs
-
-
 def bucketed(predict: PredictFn, multiple: int = 64) -> PredictFn:
   """`predict` on LR images padded to size buckets, with the SR output cropped back.
 
