@@ -81,23 +81,11 @@ ROUTES = {
 
 def compact_config(seed: int, scale: int = 4, weights: str = "") -> ml_collections.ConfigDict:
   """The compact net at `scale` with the flags' budget; `weights` "" = random init."""
-  config = finetune_realesrgan_compact_x4.get_config()
+  config = tvs.apply_budget(finetune_realesrgan_compact_x4.get_config())
   config.seed = seed
   config.model.weights = weights
-  config.model.upscale = scale
-  config.data.scale = scale
-  config.data.train_dirs = (FLAGS.train_dir,)
-  config.data.patch_size = FLAGS.patch_size
-  lr = FLAGS.learning_rate * (FINETUNE_LR_FACTOR if weights else 1.0)
-  config.optim.learning_rate = lr
-  config.optim.warmup_steps = max(FLAGS.steps // 20, 1)
-  config.train.batch_size = FLAGS.batch_size
-  config.train.steps = FLAGS.steps
-  config.train.eval_at_start = FLAGS.eval_at_start
-  config.train.log_every_steps = FLAGS.log_every or max(FLAGS.eval_every // 4, 1)
-  config.train.eval_every_steps = FLAGS.eval_every
-  config.train.checkpoint_every_steps = FLAGS.eval_every
-  config.eval.dirs = (FLAGS.eval_dir,)
+  config.model.upscale = config.data.scale = scale
+  config.optim.learning_rate = FLAGS.learning_rate * (FINETUNE_LR_FACTOR if weights else 1.0)
   return config
 
 

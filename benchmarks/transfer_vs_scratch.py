@@ -71,23 +71,15 @@ SETTINGS = (
 )
 
 
-def twin_config(weights: str | None) -> ml_collections.ConfigDict:
-  """One twin's U-Net config: the flags' settings, encoder weights `weights` (None: scratch)."""
-  config = unet_effnetlite0_x4.get_config()
+def apply_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The flags' budget and data on `config` (any network): seed, training folder, scale, patch
+  size, learning rate and warmup, batch, steps, evaluation and logging cadence, eval folder."""
   config.seed = FLAGS.seed
-  config.model.encoder.name = FLAGS.encoder
-  config.model.encoder.weights = weights
-  if FLAGS.decoder_features:
-    config.model.decoder_features = tuple(int(width) for width in FLAGS.decoder_features)
-  if FLAGS.shallow_features:
-    config.model.shallow_features = FLAGS.shallow_features
   config.data.train_dirs = (FLAGS.train_dir,)
   config.data.scale = FLAGS.scale
   config.data.patch_size = FLAGS.patch_size
   config.optim.learning_rate = FLAGS.learning_rate
   config.optim.warmup_steps = max(FLAGS.steps // 20, 1)
-  config.optim.encoder_lr_mult = FLAGS.encoder_lr_mult
-  config.train.freeze_encoder_steps = FLAGS.freeze_encoder_steps
   config.train.batch_size = FLAGS.batch_size
   config.train.steps = FLAGS.steps
   config.train.eval_at_start = FLAGS.eval_at_start
@@ -95,6 +87,20 @@ def twin_config(weights: str | None) -> ml_collections.ConfigDict:
   config.train.eval_every_steps = FLAGS.eval_every
   config.train.checkpoint_every_steps = FLAGS.eval_every
   config.eval.dirs = (FLAGS.eval_dir,)
+  return config
+
+
+def twin_config(weights: str | None) -> ml_collections.ConfigDict:
+  """One twin's U-Net config: the flags' settings, encoder weights `weights` (None: scratch)."""
+  config = apply_budget(unet_effnetlite0_x4.get_config())
+  config.model.encoder.name = FLAGS.encoder
+  config.model.encoder.weights = weights
+  if FLAGS.decoder_features:
+    config.model.decoder_features = tuple(int(width) for width in FLAGS.decoder_features)
+  if FLAGS.shallow_features:
+    config.model.shallow_features = FLAGS.shallow_features
+  config.optim.encoder_lr_mult = FLAGS.encoder_lr_mult
+  config.train.freeze_encoder_steps = FLAGS.freeze_encoder_steps
   return config
 
 
