@@ -241,13 +241,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   changed = workdirs.check_resumable(workdir, config)  # before anything is written
   mesh = sharding.create_mesh()
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
+  preemption = _PreemptionNotice(manager)  # from here on, SIGTERM ends with a checkpoint
   try:
-    return _resume_and_train(config, workdir, mesh, manager, changed)
+    return _resume_and_train(config, workdir, mesh, manager, preemption, changed)
   finally:  # Also on errors: let an async save finish, so the last good checkpoint is complete.
     _close_quietly(manager)
+    preemption.close()
 
 
-def _resume_and_train(config, workdir: str, mesh, manager, changed: list[str]) -> TrainState:
+def _resume_and_train(
+  config, workdir: str, mesh, manager, preemption: _PreemptionNotice, changed: list[str]
+) -> TrainState:
   is_main = jax.process_index() == 0
   has_checkpoints = bool(manager.all_steps())
   trainer = create_trainer(config, mesh, abstract=has_checkpoints)
@@ -277,7 +281,6 @@ def _resume_and_train(config, workdir: str, mesh, manager, changed: list[str]) -
   progress = tqdm.tqdm(
     total=train.steps, initial=start_step, disable=not is_main, desc="train", unit="step"
   )
-  preemption = _PreemptionNotice(manager)
   profiler = _Profiler(train.profile_steps, workdir)
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
   try:
@@ -322,7 +325,6 @@ def _resume_and_train(config, workdir: str, mesh, manager, changed: list[str]) -
     profiler.stop()
     progress.close()
     writer.close()
-    preemption.close()
   if is_main and eval_sets:
     print(reporter.final_table())
   return state
