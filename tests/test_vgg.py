@@ -4,6 +4,7 @@ from flax import nnx
 import numpy as np
 import pytest
 
+from sr_jax import utils
 from sr_jax.backbones import create_backbone, detect_backbone, load_backbone_weights
 from sr_jax.backbones.vgg import layer_names
 from sr_jax.weights import registry
@@ -72,7 +73,7 @@ def test_vgg19_detected_and_wrong_depth_rejected(vgg19_case):
 
   path, _, _ = vgg19_case
   assert detect_backbone(read_checkpoint(path).arrays) == "vgg19"
-  net = create_backbone("vgg16", head=False)
+  net = utils.eval_shape_module(lambda rngs: create_backbone("vgg16", head=False, rngs=rngs))
   with pytest.raises(Exception, match="conv3_4|unexpected"):
     load_backbone_weights(net, "vgg16", path)
 
