@@ -129,16 +129,25 @@ def run_steps(config, graphdef: nnx.GraphDef, state: dict, num_steps: int, lr_si
   return states, step_losses
 
 
-def assert_trains(
-  net: nnx.Module, lr_size: int = 8, num_steps: int = 3, no_gradient: str | None = None
-) -> None:
-  """`net` (RGB, e.g. loaded from a reference file) fine-tunes: with the default config's AdamW
-  and L1 loss (no EMA, no warm-up, no clipping), the first step moves every parameter (a finite,
-  non-zero gradient reaches each) and the loss goes down over `num_steps` steps.
+def assert_fine_tunes(states: list, step_losses: list, no_gradient: str | None = None) -> None:
+  """`run_steps`'s result shows training: the first step moved every parameter (a finite, non-zero
+  gradient reached each) and the loss went down.
 
   `no_gradient`: a regex of the parameter paths (`jax.tree_util.keystr`) that legitimately get
   none (the caller says why); they are only checked to be finite.
   """
+  flat_before = jax.tree_util.tree_flatten_with_path(states[0]["params"])[0]
+  for (path, before), after in zip(flat_before, jax.tree.leaves(states[1]["params"])):
+    name = jax.tree_util.keystr(path)
+    assert np.isfinite(after).all(), f"{name}: not finite after one step"
+    if no_gradient is None or not re.search(no_gradient, name):
+      assert not np.array_equal(before, after), f"{name}: no gradient reaches it"
+  assert step_losses[-1] < step_losses[0], step_losses
+
+
+def assert_trains(net: nnx.Module, lr_size: int = 8, no_gradient: str | None = None) -> None:
+  """`net` (RGB, e.g. loaded from a reference file) fine-tunes (`assert_fine_tunes`, 3 steps) with
+  the default config's AdamW and L1 loss (no EMA, no warm-up, no clipping)."""
   config = default.get_config()
   config.data.scale = net.scale
   config.optim.update(learning_rate=1e-3, warmup_steps=0, grad_clip_norm=0.0)
@@ -148,14 +157,7 @@ def assert_trains(
   # The train state's layout (sr_jax.train_state), built from this network instead of the config.
   state = dict(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state)
   state["opt_state"] = jax.jit(tx.init)(params)
-  states, step_losses = run_steps(config, graphdef, state, num_steps, lr_size)
-  flat_before = jax.tree_util.tree_flatten_with_path(states[0]["params"])[0]
-  for (path, before), after in zip(flat_before, jax.tree.leaves(states[1]["params"])):
-    name = jax.tree_util.keystr(path)
-    assert np.isfinite(after).all(), f"{name}: not finite after one step"
-    if no_gradient is None or not re.search(no_gradient, name):
-      assert not np.array_equal(before, after), f"{name}: no gradient reaches it"
-  assert step_losses[-1] < step_losses[0], step_losses
+  assert_fine_tunes(*run_steps(config, graphdef, state, 3, lr_size), no_gradient)
 
 
 def build_abstract(name: str, scale: int, **model) -> nnx.Module:

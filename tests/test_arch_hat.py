@@ -3,16 +3,16 @@
 import types
 
 from flax import nnx
-import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import default as default_config
 from configs import finetune_hat_x4
-from sr_jax import models, sharding, train
+from sr_jax import models, optim, train_state
 from sr_jax.models import hat, load_pretrained_sr, pretrained
 from sr_jax.weights import merge, porting
+from tests import arch_testing
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("spandrel")
@@ -47,27 +47,11 @@ VARIANTS = {
   "ape_x2": dict(TINY, upscale=2, ape=True, img_size=16, overlap_ratio=1.0),
 }
 VARIANTS["hat_s_x4"]["upscale"] = 4
-ERROR = 1e-4
 
 
 def torch_hat(seed: int = 0, **kwargs):
   """spandrel's HAT with random weights of non-trivial statistics, in eval mode."""
-  net = TorchHAT(**kwargs).eval()
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for module in net.modules():
-      for name, p in module.named_parameters(recurse=False):
-        if isinstance(module, torch.nn.LayerNorm) and name == "weight":
-          p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
-        else:
-          std = 0.02 + 0.18 * torch.rand((), generator=gen)
-          p.copy_(std * torch.randn(p.shape, generator=gen))
-  return net
-
-
-def run_torch(net, lr: np.ndarray) -> np.ndarray:
-  with torch.no_grad():
-    return net(torch.from_numpy(lr).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  return arch_testing.randomize(TorchHAT(**kwargs), seed)
 
 
 def expected_hyperparameters(kwargs: dict) -> dict:
@@ -87,10 +71,6 @@ def expected_hyperparameters(kwargs: dict) -> dict:
   return found
 
 
-def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-  return float(np.abs(out - ref).max() / np.abs(ref).max())
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_load_pretrained_matches_reference(variant, tmp_path):
   kwargs = VARIANTS[variant]
@@ -103,25 +83,19 @@ def test_load_pretrained_matches_reference(variant, tmp_path):
   assert {k: getattr(net, k) for k in expected} == expected
   assert net.scale == kwargs["upscale"]
   h, w = 13, 15  # not multiples of the window: padded and cropped (to img_size, for ape)
-  lr = np.random.default_rng(1).uniform(size=(1, h, w, 3)).astype(np.float32)
-  ref = run_torch(ref_net, lr)
-  out = np.asarray(net(lr))
-  assert out.shape == ref.shape == (1, h * net.scale, w * net.scale, 3)
-  err = relative_error(out, ref)
-  print(f"{variant}: max |jax - torch| / max |torch| = {err:.2e}")
-  assert err <= ERROR, f"{variant}: relative error {err:.2e} > {ERROR}"
+  lr = arch_testing.random_lr(h, w)
+  out = net(lr)
+  assert out.shape == (1, h * net.scale, w * net.scale, 3)
+  arch_testing.assert_matches(out, arch_testing.torch_forward(ref_net, lr), variant)
 
 
 def test_port_rules_map_every_key_and_wrapped_files_load(tmp_path):
   ref_net = torch_hat(**VARIANTS["hat_x2"])
-  state = {k: v.numpy() for k, v in ref_net.state_dict().items()}
+  state = arch_testing.state_of(ref_net)
   hyperparameters = hat.detect_hat(state)
   net = nnx.eval_shape(lambda: hat.HAT(**hyperparameters, rngs=nnx.Rngs(0)))
-  flat = {k: v.shape for k, v in nnx.to_flat_state(nnx.state(net))}
   ported = porting.torch_to_nnx(state, hat.HAT.port_rules)
-  assert {k: v.shape for k, v in ported.items()} == {
-    ".".join(map(str, k)): s for k, s in flat.items()
-  }
+  assert {k: v.shape for k, v in ported.items()} == arch_testing.nnx_shapes(net)
   path = tmp_path / "hat_ema.pth"
   torch.save({"params_ema": ref_net.state_dict()}, path)
   loaded = merge.flatten_state(load_pretrained_sr(path))
@@ -216,6 +190,8 @@ def test_finetune_config_is_the_official_hat_x4(monkeypatch):
 
 
 def test_finetunes_from_a_pytorch_file(tmp_path):
+  """The official fine-tuning config, shrunk: the train state starts from the file's weights, and
+  its steps (one device) reach every parameter and lower the loss."""
   config = default_config.get_config()
   config.model = ml_collections.ConfigDict(dict(finetune_hat_x4.get_config().model))
   # Few distinct weight shapes: each one costs a compile of its initializer on CPU.
@@ -226,26 +202,16 @@ def test_finetunes_from_a_pytorch_file(tmp_path):
   ref_net = torch_hat(**tiny, upscale=2)
   config.model.weights = str(tmp_path / "hat_x2.pth")
   torch.save(ref_net.state_dict(), config.model.weights)
-  config.train.batch_size = 8
   config.optim.update(learning_rate=2e-3, warmup_steps=0, schedule="constant")
-  trainer = train.create_trainer(config, sharding.create_mesh())
+  graphdef, state = train_state.create_train_state(config, optim.from_config(config)[1])
+  assert type(nnx.merge(graphdef, state["params"], state["model_state"])) is hat.HAT
   np.testing.assert_array_equal(
-    np.asarray(trainer.state["params"]["conv_first"]["kernel"][...]),
+    np.asarray(state["params"]["conv_first"]["kernel"][...]),
     ref_net.conv_first.weight.detach().numpy().transpose(2, 3, 1, 0),
   )
-  assert type(models.create_model(config.model, 2, nnx.Rngs(0))) is hat.HAT
+  arch_testing.assert_fine_tunes(*arch_testing.run_steps(config, graphdef, state, 3))
   # A file whose hyperparameters differ from the config's is refused, naming them.
   config.model.window_size = 8
   other = nnx.eval_shape(lambda: models.create_model(config.model, 2, nnx.Rngs(0)))
   with pytest.raises(ValueError, match="window_size: requested 8, file has 4"):
     pretrained.load_sr_weights(other, config.model.weights)
-
-  rng = np.random.default_rng(0)
-  hr = rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)
-  lr = hr.reshape(8, 8, 2, 8, 2, 3).mean(axis=(2, 4))
-  batch = sharding.global_batch({"lr": lr, "hr": hr}, sharding.create_mesh())
-  state, losses = trainer.state, []
-  for _ in range(4):
-    state, step_metrics = trainer.step(state, batch)
-    losses.append(float(jax.device_get(step_metrics["loss"])))
-  assert losses[-1] < losses[0], losses
