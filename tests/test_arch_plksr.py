@@ -1,50 +1,15 @@
 """PLKSR and RealPLKSR: parity with spandrel's networks, detection, loading, fine-tuning."""
 
-from flax import nnx
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 import pytest
 
-from configs import default as default_config
-from sr_jax import models, sharding, train
-from sr_jax.models import load_pretrained_sr, pretrained
+from sr_jax.models import pretrained
 from sr_jax.models.plksr import PLKSR, RealPLKSR
+from tests import arch_testing
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("spandrel")
 from spandrel.architectures.PLKSR import PLKSR as TorchPLKSR  # noqa: E402
 from spandrel.architectures.PLKSR import RealPLKSR as TorchRealPLKSR  # noqa: E402
-
-TOLERANCE = 1e-4  # max |jax - torch| / max |torch|
-
-
-def randomize(net, seed=0):
-  """Random weights of non-trivial statistics (norm scales near 1), eval mode."""
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, param in net.named_parameters():
-      std = 0.02 + 0.18 * torch.rand((), generator=generator)
-      value = torch.randn(param.shape, generator=generator)
-      is_norm_scale = "norm" in name and name.endswith("weight")
-      param.copy_(1 + 0.1 * value if is_norm_scale else value * std)
-  return net.eval()
-
-
-def state_dict(net) -> dict[str, np.ndarray]:
-  return {key: value.numpy() for key, value in net.state_dict().items()}
-
-
-def relative_error(net, torch_net, h=13, w=17) -> float:
-  lr = np.random.default_rng(1).uniform(size=(1, h, w, 3)).astype(np.float32)
-  with torch.no_grad():
-    expected = torch_net(torch.from_numpy(lr.transpose(0, 3, 1, 2)))
-  expected = expected.numpy().transpose(0, 2, 3, 1)
-  out = np.asarray(jax.jit(lambda x: net(x))(jnp.asarray(lr)))
-  assert out.shape == expected.shape
-  return float(np.abs(out - expected).max() / np.abs(expected).max())
-
 
 PLKSR_VARIANTS = {
   "ccm-plk-x2": dict(upscaling_factor=2, ccm_type="CCM", kernel_size=7, lk_type="PLK"),
@@ -65,10 +30,9 @@ REALPLKSR_VARIANTS = {
 @pytest.mark.parametrize("variant", sorted(PLKSR_VARIANTS))
 def test_plksr_parity_with_spandrel(variant, tmp_path):
   kwargs = PLKSR_VARIANTS[variant]
-  torch_net = randomize(TorchPLKSR(dim=8, n_blocks=2, **kwargs))
-  path = tmp_path / "plksr.pth"
-  torch.save(torch_net.state_dict(), path)
-  net = load_pretrained_sr(path)  # strict: every key of the file placed, none missing
+  torch_net = arch_testing.randomize(TorchPLKSR(dim=8, n_blocks=2, **kwargs))
+  # strict: every key of the file placed, none missing
+  net = arch_testing.load_via_pth(torch_net, tmp_path / "plksr.pth")
   assert isinstance(net, PLKSR) and net.scale == kwargs["upscaling_factor"]
   assert (net.dim, net.n_blocks, net.ccm_type, net.lk_type) == (
     8,
@@ -77,28 +41,26 @@ def test_plksr_parity_with_spandrel(variant, tmp_path):
     kwargs["lk_type"],
   )
   assert net.use_ea == kwargs.get("use_ea", True)
-  error = relative_error(net, torch_net)
-  assert error <= TOLERANCE, f"PLKSR {variant}: relative error {error:.3g}"
+  lr = arch_testing.random_lr(13, 17)
+  arch_testing.assert_parity(net, torch_net, lr, f"PLKSR {variant}", jit=True)
 
 
 @pytest.mark.parametrize("variant", sorted(REALPLKSR_VARIANTS))
 def test_realplksr_parity_with_spandrel(variant, tmp_path):
   kwargs = REALPLKSR_VARIANTS[variant]
-  torch_net = randomize(TorchRealPLKSR(dim=8, n_blocks=2, **kwargs))
-  path = tmp_path / "realplksr.pth"
-  torch.save(torch_net.state_dict(), path)
-  net = load_pretrained_sr(path)
+  torch_net = arch_testing.randomize(TorchRealPLKSR(dim=8, n_blocks=2, **kwargs))
+  net = arch_testing.load_via_pth(torch_net, tmp_path / "realplksr.pth")
   assert isinstance(net, RealPLKSR) and net.scale == kwargs["upscaling_factor"]
   assert (net.dim, net.n_blocks, net.kernel_size) == (8, 2, kwargs["kernel_size"])
   assert net.dysample == kwargs.get("dysample", False)
   assert net.layer_norm == kwargs.get("layer_norm", False)
-  error = relative_error(net, torch_net)
-  assert error <= TOLERANCE, f"RealPLKSR {variant}: relative error {error:.3g}"
+  lr = arch_testing.random_lr(13, 17)
+  arch_testing.assert_parity(net, torch_net, lr, f"RealPLKSR {variant}", jit=True)
 
 
 def test_detection_and_truncated_dicts():
-  state = state_dict(
-    randomize(TorchPLKSR(dim=12, n_blocks=3, upscaling_factor=3, ccm_type="DCCM", kernel_size=9))
+  state = arch_testing.state_of(
+    TorchPLKSR(dim=12, n_blocks=3, upscaling_factor=3, ccm_type="DCCM", kernel_size=9)
   )
   assert pretrained.infer_architecture(state) == (
     "plksr",
@@ -121,7 +83,7 @@ def test_detection_and_truncated_dicts():
   with pytest.raises(ValueError, match="plksr.*feats.2.refine.weight"):
     pretrained.infer_architecture(state)
   real = TorchRealPLKSR(dim=16, n_blocks=3, upscaling_factor=2, split_ratio=0.5, dysample=True)
-  state = state_dict(real)
+  state = arch_testing.state_of(real)
   assert pretrained.infer_architecture(state) == (
     "realplksr",
     dict(
@@ -141,37 +103,13 @@ def test_detection_and_truncated_dicts():
     pretrained.infer_architecture(state)
 
 
-def test_create_model_trains():
-  config = default_config.get_config()
-  config.model = ml_collections.ConfigDict(
-    dict(
-      name="realplksr",
-      weights="",
-      dim=8,
-      n_blocks=1,
-      kernel_size=5,
-      split_ratio=0.25,
-      use_ea=True,
-      norm_groups=4,
-      dysample=True,
-      layer_norm=False,
-    )
-  )
-  config.data.scale = 2
-  config.data.patch_size = 8
-  config.train.batch_size = 8
-  config.optim.warmup_steps = 1
-  config.optim.learning_rate = 1e-3
-  net = models.create_model(config.model, 2, nnx.Rngs(0))
-  assert isinstance(net, RealPLKSR) and net.dysample
-  mesh = sharding.create_mesh()
-  trainer = train.create_trainer(config, mesh)
-  rng = np.random.default_rng(0)
-  hr = rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)
-  lr = hr.reshape(8, 8, 2, 8, 2, 3).mean(axis=(2, 4))
-  batch = sharding.global_batch({"lr": lr, "hr": hr}, mesh)
-  state, losses = trainer.state, []
-  for _ in range(3):
-    state, metrics = trainer.step(state, batch)
-    losses.append(float(metrics["loss"]))
-  assert losses[-1] < losses[0], losses
+def test_create_model_builds_from_the_config_keys():
+  keys = dict(dim=8, n_blocks=1, kernel_size=5, split_ratio=0.25, use_ea=True, norm_groups=4)
+  net = arch_testing.build_abstract("realplksr", 2, dysample=True, layer_norm=False, **keys)
+  assert isinstance(net, RealPLKSR) and net.dysample and (net.scale, net.dim) == (2, 8)
+
+
+def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
+  torch_net = TorchRealPLKSR(dim=8, n_blocks=1, upscaling_factor=2, kernel_size=5, dysample=True)
+  net = arch_testing.load_via_pth(arch_testing.randomize(torch_net), tmp_path / "realplksr.pth")
+  arch_testing.assert_trains(net)
