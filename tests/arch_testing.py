@@ -6,6 +6,7 @@ gets. torch is imported inside the functions: the test modules skip themselves (
 before calling them when the parity extras are not installed.
 """
 
+import pathlib
 import re
 
 from flax import nnx
@@ -13,10 +14,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from configs import default
 from sr_jax import optim, train_step, utils
-from sr_jax.models import create_model, load_pretrained_sr
+from sr_jax.models import create_model, load_pretrained_sr, pretrained
+from sr_jax.weights import merge, porting
 
 TOLERANCE = 1e-4  # max |jax - torch| / max |torch|, float32
 
@@ -70,6 +73,41 @@ def load_via_pth(torch_net, path) -> nnx.Module:
 
   torch.save(torch_net.state_dict(), path)
   return load_pretrained_sr(path)
+
+
+def save_in_each_layout(torch_net, directory: pathlib.Path) -> list[pathlib.Path]:
+  """`torch_net`'s state dict as files hold it: bare (.pth), BasicSR's {"params_ema": ...} (.pth),
+  and .safetensors."""
+  from safetensors.torch import save_file
+  import torch
+
+  state = torch_net.state_dict()
+  paths = [directory / "bare.pth", directory / "params_ema.pth", directory / "net.safetensors"]
+  torch.save(state, paths[0])
+  torch.save({"params_ema": state}, paths[1])
+  save_file({k: v.contiguous() for k, v in state.items()}, str(paths[2]))
+  return paths
+
+
+def port_strictly(cls, hyperparameters: dict, state: dict) -> nnx.Module:
+  """`cls(**hyperparameters)`, built as shapes only, holding `state` ported by `cls.port_rules`:
+  the ported keys and shapes are exactly the module's, and the load is strict."""
+  net = utils.eval_shape_module(lambda rngs: cls(**hyperparameters, rngs=rngs))
+  arrays = porting.torch_to_nnx(state, cls.port_rules)
+  assert {k: v.shape for k, v in arrays.items()} == nnx_shapes(net)
+  merge.load_state(net, arrays, strict=True)
+  return net
+
+
+def assert_truncations_rejected(state: dict, arch: str, cut_at: str, hole: str) -> None:
+  """Detection refuses `state` cut off before the key `cut_at` (a file that ends early) and
+  `state` without the key `hole`, naming what is missing."""
+  keys = list(state)
+  truncated = {k: state[k] for k in keys[: keys.index(cut_at)]}
+  with pytest.raises(ValueError, match=rf"{arch}.*missing key.*truncated"):
+    pretrained.infer_architecture(truncated)
+  with pytest.raises(ValueError, match=re.escape(hole)):
+    pretrained.infer_architecture({k: v for k, v in state.items() if k != hole})
 
 
 def random_lr(h: int, w: int, channels: int = 3, seed: int = 1) -> np.ndarray:

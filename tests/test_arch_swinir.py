@@ -18,7 +18,6 @@ from spandrel.architectures.SwinIR import SwinIR as TorchSwinIR  # noqa: E402
 
 from sr_jax import utils  # noqa: E402
 from sr_jax.models import load_pretrained_sr, pretrained, swinir  # noqa: E402
-from sr_jax.weights import merge, porting  # noqa: E402
 from tests import arch_testing  # noqa: E402
 
 TINY = dict(embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=16)
@@ -96,32 +95,23 @@ def test_matches_spandrel(variant):
     img_range=kwargs.get("img_range", 1.0),
   )
   assert {k: found[k] for k in expected} == expected
-  net = utils.eval_shape_module(lambda rngs: swinir.SwinIR(**found, rngs=rngs))
-  arrays = porting.torch_to_nnx(state, swinir.PORT_RULES)
-  assert {k: v.shape for k, v in arrays.items()} == arch_testing.nnx_shapes(net)
-  merge.load_state(net, arrays, strict=True)
+  net = arch_testing.port_strictly(swinir.SwinIR, found, state)
   arch_testing.assert_parity(net, torch_net, _lr(variant, found["in_chans"]), variant)
 
 
 def test_load_pretrained_sr_pth_params_ema_and_safetensors(tmp_path):
-  safetensors_torch = pytest.importorskip("safetensors.torch")
+  pytest.importorskip("safetensors.torch")
   variant = "classical_x4_two_layers"
   torch_net, _ = _reference(variant)
-  state_dict = torch_net.state_dict()
-  torch.save(state_dict, tmp_path / "bare.pth")
-  torch.save({"params_ema": state_dict}, tmp_path / "wrapped.pth")
-  safetensors_torch.save_file(
-    {k: v.contiguous() for k, v in state_dict.items()}, str(tmp_path / "net.safetensors")
-  )
   lr = _lr(variant)
   ref = arch_testing.torch_forward(torch_net, lr)
-  for name in ("bare.pth", "wrapped.pth", "net.safetensors"):
-    net = load_pretrained_sr(tmp_path / name)
+  for path in arch_testing.save_in_each_layout(torch_net, tmp_path):
+    net = load_pretrained_sr(path)
     assert type(net) is swinir.SwinIR
     assert net.scale == 4
     assert (net.depths, net.num_heads, net.embed_dim, net.window_size) == ((2, 1), (2, 3), 12, 4)
     assert (net.upsampler, net.resi_connection) == ("pixelshuffle", "1conv")
-    arch_testing.assert_matches(net(lr), ref, name)
+    arch_testing.assert_matches(net(lr), ref, path.name)
 
 
 def test_load_sr_weights_checks_the_hyperparameters(tmp_path):
@@ -146,14 +136,9 @@ def test_infer_architecture_says_swinir():
 
 def test_truncated_state_dict_is_rejected():
   _, state = _reference("classical_x4_two_layers")
-  keys = list(state)
-  cut = keys.index("layers.1.residual_group.blocks.0.mlp.fc1.weight")
-  truncated = {k: state[k] for k in keys[:cut]}
-  with pytest.raises(ValueError, match=r"swinir.*missing key.*truncated"):
-    pretrained.infer_architecture(truncated)
+  cut_at = "layers.1.residual_group.blocks.0.mlp.fc1.weight"
   hole = "layers.0.residual_group.blocks.1.norm2.weight"
-  with pytest.raises(ValueError, match=hole):
-    pretrained.infer_architecture({k: v for k, v in state.items() if k != hole})
+  arch_testing.assert_truncations_rejected(state, "swinir", cut_at, hole)
 
 
 def test_create_model_builds_from_the_config_keys():
