@@ -232,15 +232,25 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
   """Per route: mean ± std curves and final PSNR-Y, and the gain over its baseline."""
   summary = {}
   for route, seeds in runs.items():
-    steps = seeds[0]["steps"]
-    psnr = np.asarray([r["psnr_y"] for r in seeds])  # [seeds, evaluations]
-    seconds = np.asarray([[np.nan if t is None else t for t in r["train_seconds"]] for r in seeds])
+    # The evaluations every seed has (a run resumed with another --eval_every has more).
+    steps = sorted(set.intersection(*(set(r["steps"]) for r in seeds)))
+
+    def at_steps(run, key):
+      values = dict(zip(run["steps"], run[key]))
+      return [np.nan if values[step] is None else values[step] for step in steps]
+
+    psnr = np.asarray([at_steps(r, "psnr_y") for r in seeds])  # [seeds, evaluations]
+    seconds = np.asarray([at_steps(r, "train_seconds") for r in seeds])
     final = psnr[:, -1]
     summary[route] = {
       "steps": steps,
       "psnr_y_mean": psnr.mean(0).tolist(),
       "psnr_y_std": psnr.std(0, ddof=1).tolist() if len(seeds) > 1 else [0.0] * len(steps),
-      "train_seconds_mean": np.nanmean(seconds, 0).tolist(),
+      # Median: the first seed of a route also compiles, unless the compilation cache is warm.
+      "train_seconds_median": [
+        float(np.median(column[np.isfinite(column)])) if np.isfinite(column).any() else None
+        for column in seconds.T
+      ],
       "final_psnr_y": final.tolist(),
       "final_mean": float(final.mean()),
       "final_std": float(final.std(ddof=1)) if len(seeds) > 1 else 0.0,
@@ -273,7 +283,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 def markdown(summary: dict, settings: dict) -> str:
   lines = [
     "| route | final PSNR-Y (dB) | vs baseline | gain (dB) | verdict | steps to baseline's final "
-    "| train s |",
+    "| train s (median) |",
     "|---|---|---|---|---|---|---|",
   ]
   for route, row in summary.items():
@@ -287,7 +297,7 @@ def markdown(summary: dict, settings: dict) -> str:
       baseline, gain, reach, verdict = "—", "—", "—", "baseline"
     lines.append(
       f"| {route} | {row['final_mean']:.2f} ± {row['final_std']:.2f} | {baseline} | {gain} "
-      f"| {verdict} | {reach} | {row['train_seconds_mean'][-1]:.0f} |"
+      f"| {verdict} | {reach} | {row['train_seconds_median'][-1]:.0f} |"
     )
   bicubic = next(iter(summary.values()))["bicubic_psnr_y"]
   lines.append(
@@ -305,7 +315,7 @@ def plot(summary: dict, path: str, x_key: str, x_label: str) -> None:
 
   fig, ax = plt.subplots(figsize=(8, 5))
   for route, row in summary.items():
-    x = np.asarray(row[x_key], np.float64)
+    x = np.asarray([np.nan if value is None else value for value in row[x_key]], np.float64)
     mean, std = np.asarray(row["psnr_y_mean"]), np.asarray(row["psnr_y_std"])
     keep = np.isfinite(x)
     (line,) = ax.plot(x[keep], mean[keep], marker=".", label=route)
@@ -344,8 +354,8 @@ def main(argv):
   plot(
     summary,
     os.path.join(FLAGS.out, "transfer_study_seconds.png"),
-    "train_seconds_mean",
-    "training seconds (compilation included, evaluation not)",
+    "train_seconds_median",
+    "training seconds, median over seeds (compilation included, evaluation not)",
   )
   print(table)
 
