@@ -6,7 +6,6 @@ gets. torch is imported inside the functions: the test modules skip themselves (
 before calling them when the parity extras are not installed.
 """
 
-import pathlib
 import re
 
 from flax import nnx
@@ -75,9 +74,10 @@ def load_via_pth(torch_net, path) -> nnx.Module:
   return load_pretrained_sr(path)
 
 
-def save_in_each_layout(torch_net, directory: pathlib.Path) -> list[pathlib.Path]:
-  """`torch_net`'s state dict as files hold it: bare (.pth), BasicSR's {"params_ema": ...} (.pth),
-  and .safetensors."""
+def assert_loads_in_each_layout(torch_net, lr: np.ndarray, directory, expected: dict, **kw):
+  """`load_pretrained_sr` reads `torch_net`'s state dict as files hold it (bare .pth, BasicSR's
+  {"params_ema": ...} .pth, .safetensors): the hyperparameters `expected` (attribute -> value,
+  "type" -> class), and `torch_net`'s output on `lr` (`kw`: `torch_forward`'s)."""
   from safetensors.torch import save_file
   import torch
 
@@ -86,7 +86,11 @@ def save_in_each_layout(torch_net, directory: pathlib.Path) -> list[pathlib.Path
   torch.save(state, paths[0])
   torch.save({"params_ema": state}, paths[1])
   save_file({k: v.contiguous() for k, v in state.items()}, str(paths[2]))
-  return paths
+  reference = torch_forward(torch_net, lr, **kw)
+  for path in paths:
+    net = load_pretrained_sr(path)
+    assert {k: type(net) if k == "type" else getattr(net, k) for k in expected} == expected
+    assert_matches(net(lr), reference, path.name)
 
 
 def port_strictly(cls, hyperparameters: dict, state: dict) -> nnx.Module:
@@ -198,8 +202,20 @@ def assert_trains(net: nnx.Module, lr_size: int = 8, no_gradient: str | None = N
   assert_fine_tunes(*run_steps(config, graphdef, state, 3, lr_size), no_gradient)
 
 
-def build_abstract(name: str, scale: int, **model) -> nnx.Module:
-  """`create_model` of a config `model` (name and keys), shapes only: the keys it reads are there
-  and the architecture builds, with no random init to compile."""
-  config = ml_collections.ConfigDict(dict(name=name, weights="", **model))
-  return utils.eval_shape_module(lambda rngs: create_model(config, scale, rngs))
+def assert_config_builds_and_fine_tunes(
+  torch_net, directory, lr_size: int = 8, no_gradient: str | None = None
+) -> nnx.Module:
+  """The network of `torch_net`'s file (returned): `create_model` of a config naming the detected
+  architecture and hyperparameters (its `config_keys`) builds it (class and parameter shapes, as
+  shapes only), and it fine-tunes from the file's weights (`assert_trains`)."""
+  net = load_via_pth(torch_net, directory / "net.pth")
+  arch, found = pretrained.infer_architecture(state_of(torch_net))
+  config = dict(
+    name=arch, weights="", **{k: found[k] for k in pretrained.ARCHITECTURES[arch].config_keys}
+  )
+  built = utils.eval_shape_module(
+    lambda rngs: create_model(ml_collections.ConfigDict(config), found["scale"], rngs)
+  )
+  assert type(built) is type(net) and nnx_shapes(built) == nnx_shapes(net)
+  assert_trains(net, lr_size, no_gradient)
+  return net

@@ -130,17 +130,9 @@ def test_cut_off_file_is_rejected():
     pretrained.infer_architecture({k: state[k] for k in keys[:-3]})
 
 
-def test_create_model_builds_from_the_config_keys():
-  keys = dict(in_chans=3, embed_dim=32, split_size=(2, 4), depth=(2,), num_heads=(2,))
-  keys.update(expansion_factor=2.0, qkv_bias=True, resi_connection="1conv")
-  net = arch_testing.build_abstract("dat", 2, upsampler="pixelshuffledirect", **keys)
-  assert type(net) is dat.DAT and net.scale == 2 and net.depth == (2,)
-  assert set(dat.DAT_ARCH.config_keys) == set(keys) | {"upsampler"}
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
-  torch_net, *_ = _reference("dat_light_x2")
-  net = arch_testing.load_via_pth(torch_net, tmp_path / "dat.pth")
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
+  # Two blocks: one of spatial, one of channel attention.
+  torch_net = arch_testing.randomize(TorchDAT(**dict(LIGHT, depth=[2], upscale=2)))
   # At this width the position-bias MLPs normalise one feature (pos_dim 1): their LayerNorms output
   # their bias, so nothing before them gets a gradient (nor does what a ReLU of it zeroes).
-  arch_testing.assert_trains(net, no_gradient=r"\['pos'\]")
+  arch_testing.assert_config_builds_and_fine_tunes(torch_net, tmp_path, no_gradient=r"\['pos'\]")

@@ -128,14 +128,7 @@ def test_detection_of_hyperparameters_and_truncated_files():
     pretrained.infer_architecture(no_trunk_conv)
 
 
-def test_create_model_builds_from_the_config_keys():
-  keys = dict(num_feat=8, num_block=1, num_grow_ch=8, shuffle_factor=2, plus=True)
-  net = arch_testing.build_abstract("esrgan", 2, **keys)
-  assert type(net) is esrgan.ESRGAN and (net.scale, net.shuffle_factor, net.plus) == (2, 2, True)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
   ref = random_reference(scale=4, in_nc=12, plus=True, num_blocks=1)  # x2 on unshuffled input
-  net = arch_testing.load_via_pth(ref, tmp_path / "esrgan.pth")
+  net = arch_testing.assert_config_builds_and_fine_tunes(ref, tmp_path)
   assert (net.scale, net.shuffle_factor, net.plus) == (2, 2, True)
-  arch_testing.assert_trains(net)

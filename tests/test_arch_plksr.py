@@ -103,13 +103,9 @@ def test_detection_and_truncated_dicts():
     pretrained.infer_architecture(state)
 
 
-def test_create_model_builds_from_the_config_keys():
-  keys = dict(dim=8, n_blocks=1, kernel_size=5, split_ratio=0.25, use_ea=True, norm_groups=4)
-  net = arch_testing.build_abstract("realplksr", 2, dysample=True, layer_norm=False, **keys)
-  assert isinstance(net, RealPLKSR) and net.dysample and (net.scale, net.dim) == (2, 8)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
   torch_net = TorchRealPLKSR(dim=8, n_blocks=1, upscaling_factor=2, kernel_size=5, dysample=True)
-  net = arch_testing.load_via_pth(arch_testing.randomize(torch_net), tmp_path / "realplksr.pth")
-  arch_testing.assert_trains(net)
+  net = arch_testing.assert_config_builds_and_fine_tunes(
+    arch_testing.randomize(torch_net), tmp_path
+  )
+  assert isinstance(net, RealPLKSR) and net.dysample

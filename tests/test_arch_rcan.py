@@ -79,12 +79,6 @@ def test_detection_and_truncated_files():
     pretrained.infer_architecture(no_last)
 
 
-def test_create_model_builds_from_the_config_keys():
-  keys = dict(n_resgroups=1, n_resblocks=1, n_feats=8, reduction=4, kernel_size=3, norm=True)
-  net = arch_testing.build_abstract("rcan", 2, unshuffle_mod=False, **keys)
-  assert type(net) is rcan.RCAN and (net.scale, net.n_resgroups, net.n_feats) == (2, 1, 8)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
   ref = random_reference(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8)
-  arch_testing.assert_trains(arch_testing.load_via_pth(ref, tmp_path / "rcan.pth"))
+  arch_testing.assert_config_builds_and_fine_tunes(ref, tmp_path)

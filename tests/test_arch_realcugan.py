@@ -77,13 +77,6 @@ def test_detection_and_truncated_files():
     pretrained.infer_architecture(four)
 
 
-def test_create_model_builds_from_the_config_keys():
-  keys = dict(in_channels=3, out_channels=3, pro=False, fast=False)
-  net = arch_testing.build_abstract("realcugan", 2, **keys)
-  assert type(net) is realcugan.RealCUGAN and (net.scale, net.fast) == (2, False)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
-  net = arch_testing.load_via_pth(random_reference(UpCunet2x), tmp_path / "cugan.pth")
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
   # Patches smaller than the reflect margin: padded by repeated reflection (PyTorch would refuse).
-  arch_testing.assert_trains(net, lr_size=4)
+  arch_testing.assert_config_builds_and_fine_tunes(random_reference(UpCunet2x), tmp_path, 4)

@@ -53,11 +53,5 @@ def test_detection_and_truncated_dict():
     pretrained.infer_architecture(state)
 
 
-def test_create_model_builds_from_the_config_keys():
-  net = arch_testing.build_abstract("safmn", 2, dim=8, n_blocks=1, ffn_scale=2.0)
-  assert isinstance(net, SAFMN) and (net.scale, net.dim, net.n_blocks) == (2, 8, 1)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
-  net = arch_testing.load_via_pth(torch_safmn(2, n_blocks=1, ffn_scale=2.0), tmp_path / "s.pth")
-  arch_testing.assert_trains(net)
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
+  arch_testing.assert_config_builds_and_fine_tunes(torch_safmn(2, n_blocks=1), tmp_path)

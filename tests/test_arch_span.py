@@ -44,12 +44,5 @@ def test_detection_and_truncated_dict():
     pretrained.infer_architecture(state)
 
 
-def test_create_model_builds_from_the_config_keys():
-  keys = dict(num_in_ch=3, num_out_ch=3, feature_channels=8, norm=True)
-  net = arch_testing.build_abstract("span", 2, **keys)
-  assert isinstance(net, SPAN) and (net.scale, net.feature_channels) == (2, 8)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
-  net = arch_testing.load_via_pth(torch_span(2), tmp_path / "span.pth")
-  arch_testing.assert_trains(net)
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
+  arch_testing.assert_config_builds_and_fine_tunes(torch_span(2), tmp_path)

@@ -6,8 +6,6 @@ variant on these small inputs.
 
 import functools
 
-from flax import nnx
-import jax
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ pytest.importorskip("spandrel", reason="parity extras not installed: make parity
 
 from spandrel.architectures.Swin2SR import Swin2SR as TorchSwin2SR  # noqa: E402
 
-from sr_jax.models import load_pretrained_sr, pretrained, swin2sr  # noqa: E402
+from sr_jax.models import pretrained, swin2sr  # noqa: E402
 from tests import arch_testing  # noqa: E402
 
 TINY = dict(embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=16)
@@ -78,11 +76,9 @@ def _lr(variant: str, channels: int = 3) -> np.ndarray:
   return arch_testing.random_lr(h, w, channels, seed=0)
 
 
-def _torch_forward(net, lr: np.ndarray) -> np.ndarray:
+def _hf_output(net) -> int | None:
   # pixelshuffle_hf returns (main, main + high-frequency, high-frequency).
-  return arch_testing.torch_forward(
-    net, lr, output=1 if net.upsampler == "pixelshuffle_hf" else None
-  )
+  return 1 if net.upsampler == "pixelshuffle_hf" else None
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -105,22 +101,19 @@ def test_matches_spandrel(variant):
   assert {k: found[k] for k in expected} == expected
   net = arch_testing.port_strictly(swin2sr.Swin2SR, found, state)
   lr = _lr(variant, found["in_chans"])
-  arch_testing.assert_matches(net(lr), _torch_forward(torch_net, lr), variant)
+  ref = arch_testing.torch_forward(torch_net, lr, output=_hf_output(torch_net))
+  arch_testing.assert_matches(net(lr), ref, variant)
 
 
 def test_load_pretrained_sr_pth_params_ema_and_safetensors(tmp_path):
   pytest.importorskip("safetensors.torch")
   variant = "classical_x4_two_layers"
   torch_net, _ = _reference(variant)
-  lr = _lr(variant)
-  ref = _torch_forward(torch_net, lr)
-  for path in arch_testing.save_in_each_layout(torch_net, tmp_path):
-    net = load_pretrained_sr(path)
-    assert type(net) is swin2sr.Swin2SR
-    assert net.scale == 4
-    assert (net.depths, net.num_heads, net.embed_dim, net.window_size) == ((2, 1), (2, 3), 12, 4)
-    assert (net.upsampler, net.resi_connection) == ("pixelshuffle", "1conv")
-    arch_testing.assert_matches(net(lr), ref, path.name)
+  expected = dict(type=swin2sr.Swin2SR, scale=4, depths=(2, 1), num_heads=(2, 3), embed_dim=12)
+  expected.update(window_size=4, upsampler="pixelshuffle", resi_connection="1conv")
+  arch_testing.assert_loads_in_each_layout(
+    torch_net, _lr(variant), tmp_path, expected, output=_hf_output(torch_net)
+  )
 
 
 def test_infer_architecture_says_swin2sr_not_swinir():
@@ -136,30 +129,6 @@ def test_truncated_state_dict_is_rejected():
   arch_testing.assert_truncations_rejected(state, "swin2sr", cut_at, hole)
 
 
-def test_create_model_builds_from_the_config_keys():
-  net = arch_testing.build_abstract(
-    "swin2sr",
-    2,
-    img_size=8,
-    patch_size=1,
-    in_chans=3,
-    embed_dim=8,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    mlp_ratio=2.0,
-    qkv_bias=True,
-    patch_norm=True,
-    img_range=1.0,
-    upsampler="pixelshuffledirect",
-    resi_connection="1conv",
-    num_feat=64,
-  )
-  assert type(net) is swin2sr.Swin2SR and net.scale == 2 and net.depths == (1,)
-  lr = jax.ShapeDtypeStruct((1, 5, 7, 3), np.float32)
-  assert nnx.eval_shape(lambda model, x: model(x), net, lr).shape == (1, 10, 14, 3)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
   torch_net, _ = _reference("lightweight_x2")  # two blocks: a shifted one too
-  arch_testing.assert_trains(arch_testing.load_via_pth(torch_net, tmp_path / "net.pth"))
+  arch_testing.assert_config_builds_and_fine_tunes(torch_net, tmp_path)

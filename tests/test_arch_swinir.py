@@ -6,8 +6,6 @@ variant on these small inputs.
 
 import functools
 
-from flax import nnx
-import jax
 import numpy as np
 import pytest
 
@@ -17,7 +15,7 @@ pytest.importorskip("spandrel", reason="parity extras not installed: make parity
 from spandrel.architectures.SwinIR import SwinIR as TorchSwinIR  # noqa: E402
 
 from sr_jax import utils  # noqa: E402
-from sr_jax.models import load_pretrained_sr, pretrained, swinir  # noqa: E402
+from sr_jax.models import pretrained, swinir  # noqa: E402
 from tests import arch_testing  # noqa: E402
 
 TINY = dict(embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=16)
@@ -103,15 +101,9 @@ def test_load_pretrained_sr_pth_params_ema_and_safetensors(tmp_path):
   pytest.importorskip("safetensors.torch")
   variant = "classical_x4_two_layers"
   torch_net, _ = _reference(variant)
-  lr = _lr(variant)
-  ref = arch_testing.torch_forward(torch_net, lr)
-  for path in arch_testing.save_in_each_layout(torch_net, tmp_path):
-    net = load_pretrained_sr(path)
-    assert type(net) is swinir.SwinIR
-    assert net.scale == 4
-    assert (net.depths, net.num_heads, net.embed_dim, net.window_size) == ((2, 1), (2, 3), 12, 4)
-    assert (net.upsampler, net.resi_connection) == ("pixelshuffle", "1conv")
-    arch_testing.assert_matches(net(lr), ref, path.name)
+  expected = dict(type=swinir.SwinIR, scale=4, depths=(2, 1), num_heads=(2, 3), embed_dim=12)
+  expected.update(window_size=4, upsampler="pixelshuffle", resi_connection="1conv")
+  arch_testing.assert_loads_in_each_layout(torch_net, _lr(variant), tmp_path, expected)
 
 
 def test_load_sr_weights_checks_the_hyperparameters(tmp_path):
@@ -141,30 +133,6 @@ def test_truncated_state_dict_is_rejected():
   arch_testing.assert_truncations_rejected(state, "swinir", cut_at, hole)
 
 
-def test_create_model_builds_from_the_config_keys():
-  net = arch_testing.build_abstract(
-    "swinir",
-    2,
-    img_size=8,
-    in_chans=3,
-    embed_dim=8,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    mlp_ratio=2.0,
-    qkv_bias=True,
-    patch_norm=True,
-    img_range=1.0,
-    upsampler="pixelshuffledirect",
-    resi_connection="1conv",
-    start_unshuffle=1,
-    num_feat=64,
-  )
-  assert type(net) is swinir.SwinIR and net.scale == 2 and net.depths == (1,)
-  lr = jax.ShapeDtypeStruct((1, 5, 7, 3), np.float32)
-  assert nnx.eval_shape(lambda model, x: model(x), net, lr).shape == (1, 10, 14, 3)
-
-
-def test_fine_tuning_reaches_every_parameter_and_lowers_the_loss(tmp_path):
+def test_config_builds_the_detected_network_and_it_fine_tunes(tmp_path):
   torch_net, _ = _reference("lightweight_x2")  # two blocks: a shifted one too
-  arch_testing.assert_trains(arch_testing.load_via_pth(torch_net, tmp_path / "net.pth"))
+  arch_testing.assert_config_builds_and_fine_tunes(torch_net, tmp_path)
