@@ -15,43 +15,19 @@ from sr_jax.models import edsr, precision, pretrained, unet
 from sr_jax.weights import checkpoint, merge
 from tests.test_train import tiny_config
 
-# Tiny forms of every ported architecture (hyperparameters as their tests use).
+# Tiny forms of every ported architecture.
+TINY_RRDB = dict(scale=4, num_feat=8, num_block=1, num_grow_ch=4)
+TINY_WINDOWS = dict(scale=2, embed_dim=12, depths=(1,), num_heads=(2,), window_size=4, img_size=16)
+TINY_SWIN = dict(TINY_WINDOWS, upsampler="pixelshuffle")
 TINY_ARCHS = {
-  "rrdbnet": dict(scale=4, num_feat=8, num_block=1, num_grow_ch=4),
-  "hat": dict(
-    scale=2,
-    embed_dim=12,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    num_feat=8,
-    compress_ratio=1,
-    squeeze_factor=4,
-    mlp_ratio=1.0,
-    img_size=16,
-  ),  # fmt: skip
+  "rrdbnet": TINY_RRDB,
+  "hat": dict(TINY_WINDOWS, num_feat=8, compress_ratio=1, squeeze_factor=4, mlp_ratio=1.0),
   "dat": dict(scale=2, embed_dim=16, split_size=(2, 4), depth=(1,), num_heads=(2,)),
   "span": dict(scale=2, feature_channels=8),
-  "esrgan": dict(scale=4, num_feat=8, num_block=1, num_grow_ch=4),
-  "esrgan_bsrgan": dict(scale=4, num_feat=8, num_block=1, num_grow_ch=4),
-  "swin2sr": dict(
-    scale=2,
-    embed_dim=12,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    img_size=16,
-    upsampler="pixelshuffle",
-  ),  # fmt: skip
-  "swinir": dict(
-    scale=2,
-    embed_dim=12,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    img_size=16,
-    upsampler="pixelshuffle",
-  ),  # fmt: skip
+  "esrgan": TINY_RRDB,
+  "esrgan_bsrgan": TINY_RRDB,
+  "swin2sr": TINY_SWIN,
+  "swinir": TINY_SWIN,
   "rcan": dict(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4),
   "safmn": dict(scale=2, dim=8, n_blocks=1),
   "realcugan": dict(scale=2),
