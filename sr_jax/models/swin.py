@@ -9,6 +9,7 @@ the official keys (`conv_after_body.0.weight`, `upsample.2.weight`, ...) map one
 import functools
 import math
 import re
+from typing import Callable
 
 from flax import nnx
 import jax
@@ -164,13 +165,16 @@ def relative_position_index(window: int) -> np.ndarray:
   return rel[:, :, 0] * (2 * window - 1) + rel[:, :, 1]
 
 
-def block_window(img_size: int, patch_size: int, window_size: int, shift: int) -> tuple[int, int]:
-  """(window, shift) of a block: the reference stops shifting (and shrinks the window) when the
-  training resolution `img_size // patch_size` is not larger than the window."""
+def block_windows(
+  depth: int, img_size: int, patch_size: int, window_size: int
+) -> list[tuple[int, int]]:
+  """(window, shift) of each block of a stage: every second block shifts by half a window. The
+  reference stops shifting (and shrinks the window) when the training resolution
+  `img_size // patch_size` is not larger than the window."""
   resolution = img_size // patch_size
   if resolution <= window_size:
-    return resolution, 0
-  return window_size, shift
+    return [(resolution, 0)] * depth
+  return [(window_size, 0 if i % 2 == 0 else window_size // 2) for i in range(depth)]
 
 
 def shifted_window_attention(x: jnp.ndarray, attend, window: int, shift: int) -> jnp.ndarray:
@@ -257,3 +261,29 @@ def residual_conv_kind(state: StateDict, prefix: str) -> str:
     require(state, (f"{prefix}.2.weight", f"{prefix}.4.weight"))
     return "3conv"
   raise ValueError(f"missing key {prefix + '.weight'!r} (or {prefix + '.0.weight'!r})")
+
+
+def detect_stages(
+  state: StateDict,
+  name: str,
+  block_keys: Callable[[str], list[str]],
+  heads_key: str,
+  heads_axis: int,
+  stage_keys: tuple[str, ...] = (),
+) -> tuple[list[int], list[int]]:
+  """(depths, num_heads) of the stages `{name}.N`, checking the keys of every block
+  (`block_keys(prefix)`), each stage's residual conv and its `stage_keys`; a stage's head count is
+  axis `heads_axis` of its first block's `heads_key`."""
+  depths, num_heads = [], []
+  for i in range(contiguous_count(state, name)):
+    prefix = f"{name}.{i}.residual_group.blocks"
+    depth = contiguous_count(state, prefix)
+    if depth == 0:
+      raise ValueError(f"missing keys {prefix}.0.*")
+    for j in range(depth):
+      require(state, block_keys(f"{prefix}.{j}"))
+    residual_conv_kind(state, f"{name}.{i}.conv")
+    require(state, [f"{name}.{i}.{key}" for key in stage_keys])
+    depths.append(depth)
+    num_heads.append(architecture.shape(state, f"{prefix}.0.{heads_key}")[heads_axis])
+  return depths, num_heads

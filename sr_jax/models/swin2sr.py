@@ -116,13 +116,10 @@ class RSTB(nnx.Module):
 
   def __init__(self, dim, depth, num_heads, window_size, img_size, patch_size, mlp_ratio,
                qkv_bias, resi_connection, *, rngs):  # fmt: skip
-    blocks = []
-    for i in range(depth):
-      shift = 0 if i % 2 == 0 else window_size // 2
-      window, shift = swin.block_window(img_size, patch_size, window_size, shift)
-      blocks.append(
-        SwinTransformerBlock(dim, num_heads, window, shift, mlp_ratio, qkv_bias, rngs=rngs)
-      )
+    blocks = [
+      SwinTransformerBlock(dim, num_heads, window, shift, mlp_ratio, qkv_bias, rngs=rngs)
+      for window, shift in swin.block_windows(depth, img_size, patch_size, window_size)
+    ]
     self.residual_group = swin.BasicLayer(blocks)
     self.conv = swin.residual_conv(resi_connection, dim, rngs)
     self.patch_embed = PatchEmbed(dim, patch_size, norm=False, rngs=rngs)
@@ -336,19 +333,14 @@ def _block_keys(prefix: str, qkv_bias: bool) -> list[str]:
 
 def _trunk(state: StateDict, name: str, qkv_bias: bool) -> tuple[list[int], list[int]]:
   """(depths, num_heads) of `layers` / `layers_hf`, checking every block's keys."""
-  depths, num_heads = [], []
-  for i in range(swin.contiguous_count(state, name)):
-    prefix = f"{name}.{i}.residual_group.blocks"
-    depth = swin.contiguous_count(state, prefix)
-    if depth == 0:
-      raise ValueError(f"missing keys {prefix}.0.*")
-    for j in range(depth):
-      swin.require(state, _block_keys(f"{prefix}.{j}", qkv_bias))
-    swin.residual_conv_kind(state, f"{name}.{i}.conv")
-    swin.require(state, [f"{name}.{i}.patch_embed.proj.weight"])
-    depths.append(depth)
-    num_heads.append(architecture.shape(state, f"{prefix}.0.attn.logit_scale")[0])
-  return depths, num_heads
+  return swin.detect_stages(
+    state,
+    name,
+    lambda prefix: _block_keys(prefix, qkv_bias),
+    heads_key="attn.logit_scale",
+    heads_axis=0,
+    stage_keys=("patch_embed.proj.weight",),
+  )
 
 
 def detect_swin2sr(state: StateDict) -> dict:

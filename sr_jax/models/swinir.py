@@ -76,16 +76,10 @@ class RSTB(nnx.Module):
 
   def __init__(self, dim, depth, num_heads, window_size, img_size, mlp_ratio, qkv_bias, qk_scale,
                resi_connection, *, rngs):  # fmt: skip
-    blocks = []
-    for i in range(depth):
-      window, shift = swin.block_window(
-        img_size, 1, window_size, 0 if i % 2 == 0 else window_size // 2
-      )
-      blocks.append(
-        SwinTransformerBlock(
-          dim, num_heads, window, shift, mlp_ratio, qkv_bias, qk_scale, rngs=rngs
-        )
-      )
+    blocks = [
+      SwinTransformerBlock(dim, num_heads, window, shift, mlp_ratio, qkv_bias, qk_scale, rngs=rngs)
+      for window, shift in swin.block_windows(depth, img_size, 1, window_size)
+    ]
     self.residual_group = swin.BasicLayer(blocks)
     self.conv = swin.residual_conv(resi_connection, dim, rngs)
 
@@ -291,17 +285,13 @@ def detect_swinir(state: StateDict) -> dict:
     img_size = window_size
   qkv_bias = f"{block0}.attn.qkv.bias" in state
 
-  depths, num_heads = [], []
-  for i in range(swin.contiguous_count(state, "layers")):
-    prefix = f"layers.{i}.residual_group.blocks"
-    depth = swin.contiguous_count(state, prefix)
-    if depth == 0:
-      raise ValueError(f"missing keys {prefix}.0.*")
-    for j in range(depth):
-      swin.require(state, _block_keys(f"{prefix}.{j}", qkv_bias))
-    swin.residual_conv_kind(state, f"layers.{i}.conv")
-    depths.append(depth)
-    num_heads.append(architecture.shape(state, f"{prefix}.0.attn.relative_position_bias_table")[1])
+  depths, num_heads = swin.detect_stages(
+    state,
+    "layers",
+    lambda prefix: _block_keys(prefix, qkv_bias),
+    heads_key="attn.relative_position_bias_table",
+    heads_axis=1,
+  )
   swin.require(state, ["norm.weight", "norm.bias"])
   return dict(
     scale=upscale // start_unshuffle,
