@@ -241,6 +241,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
     psnr = np.asarray([at_steps(r, "psnr_y") for r in seeds])  # [seeds, evaluations]
     seconds = np.asarray([at_steps(r, "train_seconds") for r in seeds])
+    seconds[:, np.asarray(steps) == 0] = 0.0  # before the first step: no training time yet
     final = psnr[:, -1]
     summary[route] = {
       "steps": steps,

@@ -121,6 +121,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.gan.loss = "vanilla"  # vanilla (BCE) | lsgan | hinge, as BasicSR's GANLoss gan_type
   # The discriminator's Adam: optim.* (schedule, betas, clipping) with this peak learning rate.
   config.gan.learning_rate = 1e-4
+  # The discriminator trains alone for this many first steps (BasicSR's net_d_init_iters).
+  config.gan.discriminator_init_steps = 0
   config.gan.discriminator = ml_collections.ConfigDict(
     {
       "name": "unet_sn",  # Real-ESRGAN's UNetDiscriminatorSN

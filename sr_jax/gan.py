@@ -86,9 +86,11 @@ def make_gan_train_step(
   gan_loss: str,
   gan_weight: float,
   mesh: jax.sharding.Mesh | None = None,
+  discriminator_init_steps: int = 0,
 ) -> train_step_lib.StepFn:
   """One G update then one D update on a global batch (see the module docstring); the state of
-  the plain step plus `state["discriminator"]` = {params, model_state, opt_state}."""
+  the plain step plus `state["discriminator"]` = {params, model_state, opt_state}. For the first
+  `discriminator_init_steps` steps only D is updated (BasicSR's net_d_init_iters)."""
 
   def train_step(state, batch):
     hr = batch["hr"]
@@ -122,6 +124,13 @@ def make_gan_train_step(
         params, jax.tree.map(lambda _: sharding.replicated(mesh), params)
       )
     new_state["params"] = params
+    if discriminator_init_steps:  # G keeps its state until D has trained alone for a while
+      training_g = state["step"] >= discriminator_init_steps
+      for key in ("params", "model_state", "opt_state", "ema_params"):
+        if key in state:
+          new_state[key] = jax.tree.map(
+            lambda new, old: jnp.where(training_g, new, old), new_state[key], state[key]
+          )
 
     fake = jax.lax.stop_gradient(sr)  # G's output before its update, as the reference
 
@@ -197,4 +206,5 @@ def make_step_fn(
     config.gan.loss,
     float(config.gan.weight),
     mesh,
+    int(config.gan.discriminator_init_steps),
   )

@@ -139,6 +139,24 @@ def test_gan_steps_on_8_devices_equal_1_device(split_everything):
   assert counts and all(int(c) == 8 for c in counts)
 
 
+def test_discriminator_init_steps_train_only_the_discriminator():
+  """gan.discriminator_init_steps=2 (BasicSR's net_d_init_iters): steps 1-2 update D only (the
+  network, its EMA and Adam state stay), step 3 updates both."""
+  config = gan_config(**{"gan.discriminator_init_steps": 2})
+  rng = np.random.default_rng(2)
+  hr = rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)
+  batch = {"lr": jnp.asarray(hr[:, ::2, ::2]), "hr": jnp.asarray(hr)}
+  graphdef, state = train_state.create_train_state(config, _optimizer(config))
+  step = jax.jit(train_step.make_step_fn(config, graphdef))
+  leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+  start = {k: leaves(state[k]) for k in ("params", "ema_params", "opt_state", "discriminator")}
+  for expected_g_moved in (False, False, True):
+    state, _ = step(state, batch)
+    for key, before in start.items():
+      moved = any(not np.array_equal(a, b) for a, b in zip(before, leaves(state[key])))
+      assert moved == (expected_g_moved or key == "discriminator"), (key, int(state["step"]))
+
+
 def _final_state(workdir, config):
   _, state = train_state.create_train_state(config, _optimizer(config), load_weights=False)
   manager = checkpointing.create_manager(str(workdir), keep=3)
