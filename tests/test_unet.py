@@ -14,10 +14,11 @@ from configs import (
   unet_resnet34_x4,
   unet_resnet34_x4_scratch,
 )
-from sr_jax import losses, models, optim, train_state, train_step
+from sr_jax import losses, models, optim, train_state, utils
 from sr_jax.backbones import create_backbone
 from sr_jax.models.layers import resize_bicubic
 from sr_jax.models.unet import UNetSR
+from tests import arch_testing
 
 ENCODERS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0"]
 
@@ -39,11 +40,10 @@ def tiny_unet_config(weights="efficientnet_lite0", **train_overrides):
 @pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_output_shape_for_every_encoder_and_scale_on_odd_sizes(encoder, scale):
-  def build():
-    rngs = nnx.Rngs(0)
+  def build(rngs):
     return UNetSR(scale, create_backbone(encoder, None, head=False, rngs=rngs), rngs=rngs)
 
-  graphdef, state = nnx.split(nnx.eval_shape(build))
+  graphdef, state = nnx.split(utils.eval_shape_module(build))
   lr = jax.ShapeDtypeStruct((2, 37, 45, 3), jnp.float32)
   out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, lr)
   assert out.shape == (2, 37 * scale, 45 * scale, 3)
@@ -59,8 +59,9 @@ def test_untrained_network_outputs_bicubic_on_odd_sizes(encoder):
     shallow_features=8,
     rngs=rngs,
   )
-  lr = jax.random.uniform(jax.random.PRNGKey(0), (1, 19, 33, 3))
-  np.testing.assert_allclose(model(lr), resize_bicubic(lr, 3), atol=1e-6)
+  lr = np.random.default_rng(0).random((1, 19, 33, 3), dtype=np.float32)
+  # One compiled forward: op by op, each of the encoder's ops would compile on its own.
+  np.testing.assert_allclose(arch_testing.jit_forward(model, lr), resize_bicubic(lr, 3), atol=1e-6)
 
 
 @functools.cache
@@ -100,20 +101,8 @@ def test_scratch_configs_differ_only_in_encoder_weights():
 
 def _train_states(config, num_steps):
   """The host copies of the train state before and after each of `num_steps` steps."""
-  schedule, tx = optim.from_config(config)
-  graphdef, state = train_state.create_train_state(config, tx)
-  states = [jax.tree.map(np.asarray, state)]
-  l1 = losses.Loss(l1_weight=1.0)
-  step = jax.jit(train_step.make_train_step(graphdef, tx, schedule, 0.0, l1))
-  rng = np.random.default_rng(0)
-  batch = {
-    "lr": rng.uniform(size=(2, 32, 32, 3)).astype(np.float32),
-    "hr": rng.uniform(size=(2, 64, 64, 3)).astype(np.float32),
-  }
-  for _ in range(num_steps):
-    state, _ = step(state, batch)
-    states.append(jax.tree.map(np.asarray, state))
-  return states
+  graphdef, state = train_state.create_train_state(config, optim.from_config(config)[1])
+  return arch_testing.run_steps(config, graphdef, state, num_steps, lr_size=32)[0]
 
 
 def _changed(before, after, group):
@@ -156,6 +145,7 @@ def test_feature_loss_is_zero_for_identical_images_and_positive_otherwise():
   config.feature_weight = 1.0
   loss, feature_state = losses.create_loss(config)
   hr = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  loss = jax.jit(loss)  # one compile for both calls, not one per op of the backbone
   total, parts = loss(hr, hr, feature_state)
   assert float(total) == 0.0 and float(parts["feature"]) == 0.0
   total, parts = loss(hr * 0.5, hr, feature_state)
@@ -166,7 +156,7 @@ def test_feature_loss_is_zero_for_identical_images_and_positive_otherwise():
 
 def test_unet_is_registered():
   config = tiny_unet_config(None)
-  model = models.create_model(config.model, 2, nnx.Rngs(0))
+  model = utils.eval_shape_module(lambda rngs: models.create_model(config.model, 2, rngs))
   assert isinstance(model, UNetSR) and model.scale == 2
 
 
