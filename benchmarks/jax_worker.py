@@ -11,7 +11,9 @@ split over every local device; --infer_over=device: on one device).
 
 import argparse
 import contextlib
+import ctypes
 import functools
+import gc
 import os
 import time
 
@@ -256,12 +258,23 @@ def run(iters: int) -> dict:
   return {"seconds": _current["timer"](iters)}
 
 
+def release_memory() -> None:
+  """Frees what a finished row leaves behind, so that the next row's peak RSS is its own: JAX's
+  compiled programs and tracing caches, Python's garbage, and the heap pages glibc keeps after
+  `free` (without `malloc_trim` the process's resident size never goes back down)."""
+  jax.clear_caches()
+  gc.collect()
+  with contextlib.suppress(OSError, AttributeError):
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def teardown() -> dict:
   """Peak memory of the row. The device peak is the process's: set in this row only where it
   rose."""
   before = _current.get("device_peak_before_mb")
   _current.clear()
   peak = _device_peak_mb()
+  release_memory()
   return {
     "peak_rss_mb": protocol.peak_rss_mb(),
     "device_peak_mb": peak,
