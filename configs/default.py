@@ -153,6 +153,18 @@ def get_config() -> ml_collections.ConfigDict:
   # (TensorBoard's profile tab, or Perfetto); () = off.
   config.train.profile_steps = ()
 
+  # Self-supervised adaptation to the images to upscale, without HR (sr_jax/adapt.py;
+  # `python -m sr_jax.upscale --adapt_steps=N`): pairs = crops of the inputs and their bicubic
+  # downscale by the scale. Values picked on the bundled photos (README, transfer section).
+  config.adapt = ml_collections.ConfigDict()
+  config.adapt.steps = 200
+  config.adapt.batch_size = 8
+  config.adapt.patch_size = 16  # LR side of a pair; the target crop is patch_size * scale
+  config.adapt.learning_rate = 2e-4
+  config.adapt.warmup_steps = 10
+  config.adapt.ema_decay = 0.99  # 0 = the last weights instead of their EMA
+  config.adapt.seed = 0
+
   config.eval = ml_collections.ConfigDict()
   config.eval.dirs = ("embedded:val",)  # folders of HR images, each reported under its folder name
   # Named evaluation sets (set5, set14, b100, urban100, manga109, div2k_val) or folders.
@@ -174,18 +186,3 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.lpips.weights = ""
   config.eval.lpips.backbone = "imagenet"  # torchvision:alexnet / vgg16 (downloaded once) or a path
   return config
-  # (first, last): a jax.profiler trace of steps first..last (both included) in WORKDIR/profile
-  # (TensorBoard's profile tab, or Perfetto); () = off.
-  config.train.profile_steps = ()
-
-  # Self-supervised adaptation to the images to upscale, without HR (sr_jax/adapt.py;
-  # `python -m sr_jax.upscale --adapt_steps=N`): pairs = crops of the inputs and their bicubic
-  # downscale by the scale. Values picked on the bundled photos (README, transfer section).
-  config.adapt = ml_collections.ConfigDict()
-  config.adapt.steps = 200
-  config.adapt.batch_size = 8
-  config.adapt.patch_size = 16  # LR side of a pair; the target crop is patch_size * scale
-  config.adapt.learning_rate = 2e-4
-  config.adapt.warmup_steps = 10
-  config.adapt.ema_decay = 0.99  # 0 = the last weights instead of their EMA
-  config.adapt.seed = 0
