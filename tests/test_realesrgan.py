@@ -5,6 +5,7 @@ import os
 import shutil
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 import pytest
 import skimage.data
 
-from sr_jax import metrics, models
+from sr_jax import metrics, models, utils
 from sr_jax.models import load_pretrained_sr, pretrained
 from sr_jax.models.convert import convert
 from sr_jax.models.pretrained import build_from_config, load_sr_weights, ncnn_wheel_dir
@@ -20,6 +21,7 @@ from sr_jax.models.realesrgan import RRDBNet, SRVGGNetCompact, resize_bicubic_nc
 from sr_jax.weights import merge, registry
 from sr_jax.weights.merge import StateMismatchError
 from sr_jax.weights.ncnn import NcnnFormatError, read_ncnn
+from tests import arch_testing
 
 WHEEL = ncnn_wheel_dir()
 needs_wheel = pytest.mark.skipif(
@@ -144,20 +146,8 @@ def torch_reference_modules():
 
 def save_random_pth(torch, module, path, key="params_ema"):
   """Random weights (PReLU slopes too: a mapping error cannot hide behind 0.25), BasicSR layout."""
-  generator = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for param in module.parameters():
-      param.copy_(
-        torch.randn(param.shape, generator=generator) * (0.3 if param.ndim == 1 else 0.05)
-      )
+  arch_testing.randomize(module, std=0.05)
   torch.save({key: module.state_dict()}, path)
-
-
-def torch_forward(torch, module, lr_nhwc):
-  with torch.no_grad():
-    return (
-      module(torch.from_numpy(lr_nhwc.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
-    )
 
 
 @pytest.mark.parametrize("scale", [4, 2, 1])
@@ -173,7 +163,9 @@ def test_rrdbnet_pth_matches_torch_reference(tmp_path, scale):
     8,
   )
   lr = np.random.default_rng(scale).random((2, 12, 8, 3), dtype=np.float32)
-  max_abs = float(np.abs(np.asarray(net(jnp.asarray(lr))) - torch_forward(torch, ref, lr)).max())
+  max_abs = float(
+    np.abs(np.asarray(net(jnp.asarray(lr))) - arch_testing.torch_forward(ref, lr)).max()
+  )
   print(f"\nRRDBNet x{scale} .pth vs torch: max abs {max_abs:.3g}")
   assert max_abs < 1e-4
 
@@ -188,7 +180,9 @@ def test_srvgg_compact_pth_matches_torch_and_prefers_params_ema(tmp_path):
   net = load_pretrained_sr(tmp_path / "both.pth")
   assert isinstance(net, SRVGGNetCompact) and (net.scale, net.num_conv, net.num_feat) == (3, 3, 16)
   lr = np.random.default_rng(0).random((1, 10, 14, 3), dtype=np.float32)
-  max_abs = float(np.abs(np.asarray(net(jnp.asarray(lr))) - torch_forward(torch, ref, lr)).max())
+  max_abs = float(
+    np.abs(np.asarray(net(jnp.asarray(lr))) - arch_testing.torch_forward(ref, lr)).max()
+  )
   print(f"\nSRVGGNetCompact x3 .pth vs torch: max abs {max_abs:.3g}")
   assert max_abs < 1e-4
 
@@ -308,14 +302,17 @@ def _config(**keys) -> ml_collections.ConfigDict:
 
 
 def test_create_model_builds_from_scratch_for_each_scale():
+  def output_shape(config, scale, lr_shape):
+    net = utils.eval_shape_module(lambda rngs: models.create_model(config, scale, rngs))
+    lr = jax.ShapeDtypeStruct(lr_shape, np.float32)
+    return net, nnx.eval_shape(lambda model, x: model(x), net, lr).shape
+
   for scale in (1, 2, 4):
     config = _config(name="rrdbnet", num_feat=8, num_block=1, num_grow_ch=4)
-    net = models.create_model(config, scale, nnx.Rngs(0))
-    assert net(jnp.zeros((1, 8, 8, 3))).shape == (1, 8 * scale, 8 * scale, 3)
+    assert output_shape(config, scale, (1, 8, 8, 3))[1] == (1, 8 * scale, 8 * scale, 3)
   config = _config(name="srvgg_compact", num_feat=8, num_conv=2, act_type="prelu", upscale=3)
-  net = models.create_model(config, 3, nnx.Rngs(0))
-  assert (net.scale, net.upscale) == (3, 3)
-  assert net(jnp.zeros((1, 5, 6, 3))).shape == (1, 15, 18, 3)
+  net, shape = output_shape(config, 3, (1, 5, 6, 3))
+  assert (net.scale, net.upscale, shape) == (3, 3, (1, 15, 18, 3))
 
 
 def test_build_from_config_reads_no_file(monkeypatch):
@@ -325,14 +322,16 @@ def test_build_from_config_reads_no_file(monkeypatch):
   monkeypatch.setattr(builtins, "open", no_file)
   monkeypatch.setattr(pretrained, "read_checkpoint", no_file)
   monkeypatch.setattr(registry, "resolve", no_file)
-  net = build_from_config(
-    "rrdbnet", _config(num_feat=8, num_block=1, num_grow_ch=4), 2, nnx.Rngs(0)
-  )
+
+  def build(arch, config, scale):  # shapes only: no compile, whose XLA cache would read files
+    return utils.eval_shape_module(lambda rngs: build_from_config(arch, config, scale, rngs))
+
+  net = build("rrdbnet", _config(num_feat=8, num_block=1, num_grow_ch=4), 2)
   assert (net.scale, net.num_feat, net.num_block, net.num_grow_ch) == (2, 8, 1, 4)
   config = _config(num_feat=8, num_conv=1, act_type="relu", upscale=4)
-  assert build_from_config("srvgg_compact", config, 4, nnx.Rngs(0)).act_type == "relu"
+  assert build("srvgg_compact", config, 4).act_type == "relu"
   with pytest.raises(KeyError):  # keys are read directly: no hidden default
-    build_from_config("rrdbnet", _config(num_feat=8, num_block=1), 4, nnx.Rngs(0))
+    build("rrdbnet", _config(num_feat=8, num_block=1), 4)
 
 
 def _state(net) -> dict:
