@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sr_jax import losses, optim, sharding
+from sr_jax import losses, optim
 from sr_jax import train_step as train_step_lib
 from sr_jax.models import discriminator as discriminator_lib
 from sr_jax.train_state import discriminator_optimizer
@@ -64,17 +64,6 @@ def discriminator_gan_loss(
   raise ValueError(f"config gan.loss={kind!r}; expected one of {GAN_LOSSES}")
 
 
-def _split_update(params, grads, opt_state, tx, mesh):
-  """(new params, new optimizer state); with `mesh`, ZeRO-1 as the plain step: each device
-  updates its slice (`sharding.split_shardings`), the new params are left split."""
-  if mesh is not None:
-    split = sharding.split_shardings(params, mesh)
-    grads = jax.lax.with_sharding_constraint(grads, split)
-    params = jax.lax.with_sharding_constraint(params, split)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state
-
-
 def make_gan_train_step(
   graphdef: nnx.GraphDef,
   discriminator_graphdef: nnx.GraphDef,
@@ -112,18 +101,7 @@ def make_gan_train_step(
     (total, (parts, sr, model_state, d_model_state)), grads = jax.value_and_grad(
       generator_loss_fn, has_aux=True
     )(state["params"], state["model_state"])
-    params, opt_state = _split_update(state["params"], grads, state["opt_state"], tx, mesh)
-    new_state = dict(state, step=state["step"] + 1, model_state=model_state, opt_state=opt_state)
-    if "ema_params" in state:
-      decay = train_step_lib.ema_decay_at(state["step"].astype(jnp.float32), ema_decay)
-      new_state["ema_params"] = jax.tree.map(
-        lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params
-      )
-    if mesh is not None:  # All-gathered: the next forward needs the whole params on every device.
-      params = jax.lax.with_sharding_constraint(
-        params, jax.tree.map(lambda _: sharding.replicated(mesh), params)
-      )
-    new_state["params"] = params
+    new_state = train_step_lib.apply_gradients(state, grads, model_state, tx, ema_decay, mesh)
     if discriminator_init_steps:  # G keeps its state until D has trained alone for a while
       training_g = state["step"] >= discriminator_init_steps
       for key in ("params", "model_state", "opt_state", "ema_params"):
@@ -145,9 +123,8 @@ def make_gan_train_step(
     (_, (d_aux, d_model_state)), d_grads = jax.value_and_grad(discriminator_loss_fn, has_aux=True)(
       d["params"]
     )
-    d_params, d_opt_state = _split_update(
-      d["params"], d_grads, d["opt_state"], discriminator_tx, None
-    )
+    d_updates, d_opt_state = discriminator_tx.update(d_grads, d["opt_state"], d["params"])
+    d_params = optax.apply_updates(d["params"], d_updates)
     new_state["discriminator"] = {
       "params": d_params,
       "model_state": d_model_state,

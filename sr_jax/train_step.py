@@ -43,6 +43,39 @@ def split_micro_batches(batch: dict, steps: int, mesh: jax.sharding.Mesh | None 
   return jax.tree.map(split, batch)
 
 
+def apply_gradients(
+  state: TrainState,
+  grads,
+  model_state,
+  tx: optax.GradientTransformation,
+  ema_decay: float,
+  mesh: jax.sharding.Mesh | None = None,
+) -> TrainState:
+  """The state after one update of `state["params"]` with the global `grads`: optimizer, EMA,
+  new model state, step + 1. With `mesh`, ZeRO-1: each device updates its slice (grads, params,
+  optimizer state and EMA split by `sharding.split_shardings`); the new params are gathered back
+  to replicated for the next forward."""
+  params = state["params"]
+  if mesh is not None:  # Each device: its slice of the grads (after the batch mean) and params.
+    split = sharding.split_shardings(params, mesh)
+    grads = jax.lax.with_sharding_constraint(grads, split)
+    params = jax.lax.with_sharding_constraint(params, split)
+  updates, opt_state = tx.update(grads, state["opt_state"], params)
+  params = optax.apply_updates(params, updates)
+  new_state = dict(state, step=state["step"] + 1, model_state=model_state, opt_state=opt_state)
+  if "ema_params" in state:
+    decay = ema_decay_at(state["step"].astype(jnp.float32), ema_decay)
+    new_state["ema_params"] = jax.tree.map(
+      lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params
+    )
+  if mesh is not None:  # All-gathered: the next forward needs the whole params on every device.
+    params = jax.lax.with_sharding_constraint(
+      params, jax.tree.map(lambda _: sharding.replicated(mesh), params)
+    )
+  new_state["params"] = params
+  return new_state
+
+
 def make_train_step(
   graphdef: nnx.GraphDef,
   tx: optax.GradientTransformation,
@@ -108,22 +141,7 @@ def make_train_step(
       )
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       total, parts = jnp.mean(totals), jax.tree.map(jnp.mean, parts)
-    if mesh is not None:  # Each device: its slice of the grads (after the batch mean) and params.
-      grads = jax.lax.with_sharding_constraint(grads, split)
-      params = jax.lax.with_sharding_constraint(params, split)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    params = optax.apply_updates(params, updates)
-    new_state = dict(state, step=state["step"] + 1, model_state=model_state, opt_state=opt_state)
-    if "ema_params" in state:
-      decay = ema_decay_at(state["step"].astype(jnp.float32), ema_decay)
-      new_state["ema_params"] = jax.tree.map(
-        lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params
-      )
-    if mesh is not None:  # All-gathered: the next forward needs the whole params on every device.
-      params = jax.lax.with_sharding_constraint(
-        params, jax.tree.map(lambda _: sharding.replicated(mesh), params)
-      )
-    new_state["params"] = params
+    new_state = apply_gradients(state, grads, model_state, tx, ema_decay, mesh)
     grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
     step_metrics = {
       "loss": total,
