@@ -24,8 +24,9 @@ def kernel_env(tmp_path_factory, request):
   return {
     "SR_JAX_NOTEBOOK_SMOKE": "1",
     # 2 simulated devices, not the suite's 8: a kernel holding two U-Nets with 8 replicas each
-    # needed >5 GB (the notebooks still run data-parallel, batch 8 splits over both).
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    # needed >5 GB (the notebooks still run data-parallel, batch 8 splits over both). Compiling
+    # without LLVM optimisation, as the suite does (tests/conftest.py): quickstart 30 -> 20 s.
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
     "SR_JAX_CACHE": str(root / "cache"),
     "TMPDIR": str(root),  # the notebooks' workdirs (tempfile.mkdtemp)
     "JAX_COMPILATION_CACHE_DIR": str(request.config.cache.mkdir("jax_compilation_cache")),
