@@ -24,7 +24,8 @@ TrainState = dict[str, Any]
 
 def _model(config: ml_collections.ConfigDict, load_weights: bool) -> nnx.Module:
   model = models.create_model(config.model, config.data.scale, nnx.Rngs(config.seed))
-  if load_weights and _is_workdir(config.model.weights):
+  # The U-Net has no model.weights (its pretrained weights are the encoder's).
+  if load_weights and "weights" in config.model and _is_workdir(config.model.weights):
     _load_from_workdir(model, config)
   elif load_weights:
     models.load_pretrained(model, config.model)
