@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from typing import Any, Callable
+import warnings
 
 from absl import logging
 from etils import epath
@@ -373,5 +374,24 @@ def _quiet_orbax_noise() -> None:
   std_logging.getLogger("absl").addFilter(
     lambda record: not str(record.msg).startswith(_ORBAX_NOISE)
   )
-  # A failed save also leaves its asyncio write tasks "never retrieved": the same error again.
-  std_logging.getLogger("asyncio").addFilter(lambda record: "/orbax/" not in record.getMessage())
+  # A failed save also leaves its asyncio write tasks and futures "never retrieved": the same
+  # error again (a _GatheringFuture's message names no orbax file: its traceback does).
+  std_logging.getLogger("asyncio").addFilter(lambda record: not _from_orbax(record))
+  # ... and, at exit, its write coroutines that the failure left unawaited (sr_jax has none).
+  warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
+
+
+def _from_orbax(record: std_logging.LogRecord) -> bool:
+  """An asyncio report about orbax's code, or about a write into an orbax temporary folder (the
+  futures tensorstore fails carry no Python traceback)."""
+  if any(mark in record.getMessage() for mark in ("/orbax/", ".orbax-checkpoint-tmp")):
+    return True
+  error = record.exc_info[1] if record.exc_info else None
+  if error is not None and ".orbax-checkpoint-tmp" in str(error):
+    return True
+  frame = error.__traceback__ if error is not None else None
+  while frame is not None:
+    if "/orbax/" in frame.tb_frame.f_code.co_filename:
+      return True
+    frame = frame.tb_next
+  return False
