@@ -45,3 +45,19 @@ def pixel_unshuffle(x: jnp.ndarray, scale: int) -> jnp.ndarray:
   x = x.reshape(n, h // scale, scale, w // scale, scale, channels)
   x = x.transpose(0, 1, 3, 5, 2, 4)  # n, h, w, c, i, j
   return x.reshape(n, h // scale, w // scale, channels * scale * scale)
+
+
+class ChannelLayerNorm(nnx.Module):
+  """LayerNorm over the last (channel) axis of NHWC maps: the references' channels-first
+  LayerNorm / `LayerNorm2d` (eps 1e-6) or torch's `nn.LayerNorm` on tokens (eps 1e-5)."""
+
+  def __init__(self, channels: int, eps: float = 1e-6):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+  def __call__(self, x):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 under bf16
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + self.eps) * self.scale[...] + self.bias[...]

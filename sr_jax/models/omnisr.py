@@ -18,7 +18,7 @@ import numpy as np
 from sr_jax.conv import Conv
 from sr_jax.models import architecture
 from sr_jax.models.architecture import StateDict
-from sr_jax.models.layers import pixel_shuffle
+from sr_jax.models.layers import ChannelLayerNorm, pixel_shuffle
 from sr_jax.weights.porting import PortRules, keep
 
 # nn.Embedding tables keep their layout; thop's profiling counters are no weights (spandrel drops
@@ -53,22 +53,6 @@ def conv(in_features, out_features, kernel_size, rngs, use_bias=True, groups=1) 
     feature_group_count=groups,
     rngs=rngs,
   )
-
-
-class LayerNorm(nnx.Module):
-  """LayerNorm over the last (channel) axis: torch's `nn.LayerNorm` (eps 1e-5) or the
-  reference's `LayerNorm2d` (eps 1e-6) on NHWC."""
-
-  def __init__(self, channels: int, eps: float):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-
-  def __call__(self, x):
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 under bf16
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) / jnp.sqrt(var + self.eps) * self.scale[...] + self.bias[...]
 
 
 class SqueezeExcitation(nnx.Module):
@@ -150,7 +134,7 @@ class Attention(nnx.Module):
 
 class PreNormResidual(nnx.Module):
   def __init__(self, dim: int, fn: nnx.Module, eps: float):
-    self.norm = LayerNorm(dim, eps)
+    self.norm = ChannelLayerNorm(dim, eps)
     self.fn = fn
 
   def __call__(self, x):

@@ -17,7 +17,7 @@ import numpy as np
 from sr_jax.conv import Conv
 from sr_jax.models import architecture
 from sr_jax.models.architecture import StateDict
-from sr_jax.models.layers import pixel_shuffle
+from sr_jax.models.layers import ChannelLayerNorm, pixel_shuffle
 from sr_jax.weights.porting import PortRules
 
 # DySample's `init_pos` is a constant buffer the module recomputes.
@@ -59,21 +59,6 @@ def sequential(layers, x):
   for layer in layers:
     x = layer(x)
   return x
-
-
-class ChannelLayerNorm(nnx.Module):
-  """LayerNorm over channels (RealPLKSR's `LayerNorm`, eps 1e-6)."""
-
-  def __init__(self, channels: int, eps: float = 1e-6):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-
-  def __call__(self, x):
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 under bf16
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) / jnp.sqrt(var + self.eps) * self.scale[...] + self.bias[...]
 
 
 class GroupNorm(nnx.Module):
