@@ -62,3 +62,13 @@ def shape(state: StateDict, key: str) -> tuple[int, ...]:
   if key not in state:
     raise ValueError(f"missing key {key!r}")
   return tuple(np.shape(state[key]))
+
+
+def scale_and_out_channels(state: StateDict, key: str, in_channels: int) -> tuple[int, int]:
+  """spandrel's `get_scale_and_output_channels` for the pixel-shuffle conv `key`: its outputs are
+  scale**2 * out, out preferably the input channels, else 3, 4, 1."""
+  outputs = shape(state, key)[0]
+  for c in (in_channels, 3, 4, 1):
+    if outputs % c == 0 and np.sqrt(outputs // c) == int(np.sqrt(outputs // c)):
+      return int(np.sqrt(outputs // c)), c
+  raise ValueError(f"{key}: {outputs} pixel-shuffle outputs is not scale**2 * (1, 3 or 4)")

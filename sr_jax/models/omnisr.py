@@ -379,22 +379,11 @@ class OmniSR(nnx.Module):
     return out[:, : h * self.scale, : w * self.scale].astype(lr.dtype)
 
 
-def _scale_and_out_channels(out_channels: int, in_channels: int) -> tuple[int, int]:
-  """spandrel's `get_scale_and_output_channels`: scale**2 * out = `out_channels`, out preferably
-  the input channels, else 3, 4, 1."""
-  for c in (in_channels, 3, 4, 1):
-    if out_channels % c == 0 and np.sqrt(out_channels // c) == int(np.sqrt(out_channels // c)):
-      return int(np.sqrt(out_channels // c)), c
-  raise ValueError(f"up.0.weight: {out_channels} outputs is not scale**2 * (1, 3 or 4)")
-
-
 def detect_omnisr(state: StateDict) -> dict:
   """As spandrel: widths from `input`, scale from `up.0`, groups and blocks counted, window size
   from the relative position table ((2w - 1)**2 rows; 8 when there is none)."""
   num_feat, num_in_ch = architecture.shape(state, "input.weight")[:2]
-  scale, num_out_ch = _scale_and_out_channels(
-    architecture.shape(state, "up.0.weight")[0], num_in_ch
-  )
+  scale, num_out_ch = architecture.scale_and_out_channels(state, "up.0.weight", num_in_ch)
   res_num = architecture.count(state, r"residual_layer\.(\d+)\..+")
   block_num = architecture.count(state, r"residual_layer\.0\.residual_layer\.(\d+)\..+") - 1
   for g in range(res_num):

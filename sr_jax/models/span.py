@@ -12,7 +12,6 @@ from flax.nnx.nn.dtypes import promote_dtype
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
 from sr_jax import conv
 from sr_jax.conv import Conv
@@ -147,25 +146,12 @@ class SPAN(nnx.Module):
     return pixel_shuffle(self.upsampler[0](out), self.scale).astype(lr.dtype)
 
 
-def _scale_and_out_channels(out_channels: int, in_channels: int) -> tuple[int, int]:
-  """spandrel's `get_scale_and_output_channels`: scale**2 * out = `out_channels`, out preferably
-  the input channels, else 3, 4, 1."""
-  for c in (in_channels, 3, 4, 1):
-    if out_channels % c == 0 and np.sqrt(out_channels // c) == int(np.sqrt(out_channels // c)):
-      return int(np.sqrt(out_channels // c)), c
-  raise ValueError(f"{out_channels} pixel-shuffle outputs is not scale**2 * (1, 3 or 4)")
-
-
 def detect_span(state: StateDict) -> dict:
   """As spandrel: widths from `conv_1.sk`, scale and output channels from `upsampler.0`."""
   out_channels, num_in_ch = architecture.shape(state, "conv_1.sk.weight")[:2]
   for key in ("block_6.c3_r.sk.weight", "conv_2.conv.2.weight", "conv_cat.weight"):
     architecture.shape(state, key)
-  shuffle = architecture.shape(state, "upsampler.0.weight")[0]
-  try:
-    scale, num_out_ch = _scale_and_out_channels(shuffle, num_in_ch)
-  except ValueError as e:
-    raise ValueError(f"upsampler.0.weight: {e}") from e
+  scale, num_out_ch = architecture.scale_and_out_channels(state, "upsampler.0.weight", num_in_ch)
   return dict(
     scale=scale,
     num_in_ch=num_in_ch,
